@@ -1,0 +1,89 @@
+"""`lift3d` command line: a contract other tools drive, so flags change only additively.
+
+Each sub-command's work lives with its owner; this module only parses and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from lift3d.settings import Settings, load_settings
+
+
+def _engine_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", choices=["locked", "dummy", "tiny"], help="weights mode (default: locked)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default: auto)")
+    parser.add_argument("--weights-dir", help="where weight files live (env LIFT3D_WEIGHTS_DIR)")
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        "engine__weights": getattr(args, "weights", None),
+        "engine__device": getattr(args, "device", None),
+        "engine__weights_dir": getattr(args, "weights_dir", None),
+        "server__host": getattr(args, "host", None),
+        "server__port": getattr(args, "port", None),
+        "storage__data_dir": getattr(args, "data_dir", None),
+    }
+    return load_settings(**overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lift3d", description="One photo in, a textured 3D model (GLB) out.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 on a pod)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--data-dir", help="job store and results (env LIFT3D_DATA_DIR)")
+    _engine_flags(serve)
+
+    generate = commands.add_parser("generate", help="turn one image into a GLB, with a progress bar")
+    generate.add_argument("image", help="input image (PNG, JPEG or WebP)")
+    generate.add_argument("-o", "--output", required=True, help="output .glb path")
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--steps", type=int)
+    generate.add_argument("--guidance", type=float)
+    generate.add_argument("--remove-background", choices=["auto", "on", "off"])
+    generate.add_argument("--target-faces", type=int)
+    generate.add_argument("--texture-size", type=int)
+    generate.add_argument("--texture", choices=["uv", "vertex"])
+    _engine_flags(generate)
+
+    weights = commands.add_parser("weights", help="pin, download and verify weight files")
+    from lift3d.weights.cli import add_arguments as add_weights_arguments
+
+    add_weights_arguments(weights)
+    weights.add_argument("--weights-dir", help="where weight files live (env LIFT3D_WEIGHTS_DIR)")
+
+    worker = commands.add_parser("runpod-worker", help="run as a RunPod serverless worker")
+    _engine_flags(worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = _settings_from(args)
+    if args.command == "serve":
+        from server.main import serve
+
+        return serve(settings)
+    if args.command == "generate":
+        from lift3d.generate import generate
+
+        return generate(settings, args)
+    if args.command == "weights":
+        from lift3d.weights.cli import run as run_weights
+
+        return run_weights(settings, args)
+    if args.command == "runpod-worker":
+        from lift3d.runpod_worker import start
+
+        return start(settings)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The one settings object.
+
+Every tunable lives here, grouped by who reads it. It is built once (from the
+environment, then CLI flags) and injected: nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+WeightsMode = Literal["locked", "dummy", "tiny"]
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
+BackgroundMode = Literal["auto", "on", "off"]
+TextureMode = Literal["uv", "vertex"]
+
+
+class DecodeSettings(msgspec.Struct, frozen=True, kw_only=True):
+    max_upload_bytes: int = 20_000_000
+    max_pixels: int = 4096 * 4096
+
+
+class BackgroundSettings(msgspec.Struct, frozen=True, kw_only=True):
+    # rembg model name; the file comes from the weights directory, pinned in weights.lock.
+    model: str = "u2netp"
+    default_mode: BackgroundMode = "auto"
+    foreground_ratio: float = 0.85
+    output_size: int = 320
+    # RGB the multiview model expects behind the object (white: InstantMesh UNet).
+    fill_rgb: tuple[int, int, int] = (255, 255, 255)
+
+
+class MultiviewSettings(msgspec.Struct, frozen=True, kw_only=True):
+    steps: int = 75
+    guidance: float = 4.0
+    # "instantmesh": white background + the InstantMesh fine-tuned UNet; "official": gray 127.
+    variant: Literal["instantmesh", "official"] = "instantmesh"
+
+
+class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
+    model: Literal["instant-nerf-base", "instant-nerf-large"] = "instant-nerf-large"
+    grid_resolution: int = 256
+    density_threshold: float = 10.0
+    # With random weights (tiny/dummy) the density has no scale: the iso-level is
+    # this quantile of the grid instead of the fixed threshold.
+    random_weights_iso_quantile: float = 0.7
+    color_query_chunk: int = 262_144
+    views: Literal[6, 4] = 6
+
+
+class FinishSettings(msgspec.Struct, frozen=True, kw_only=True):
+    target_faces: int = 50_000
+    texture_size: int = 1024
+    texture: TextureMode = "uv"
+    # Components smaller than this fraction of the largest (by face count) are debris.
+    debris_fraction: float = 0.05
+    # Largest extent of the exported model, in metres.
+    scale: float = 1.0
+
+
+class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
+    device: DeviceChoice = "auto"
+    dtype: DtypeChoice = "auto"
+    weights: WeightsMode = "locked"
+    weights_dir: str = "~/.cache/lift3d/weights"
+    decode: DecodeSettings = msgspec.field(default_factory=DecodeSettings)
+    background: BackgroundSettings = msgspec.field(default_factory=BackgroundSettings)
+    multiview: MultiviewSettings = msgspec.field(default_factory=MultiviewSettings)
+    reconstruct: ReconstructSettings = msgspec.field(default_factory=ReconstructSettings)
+    finish: FinishSettings = msgspec.field(default_factory=FinishSettings)
+
+    @property
+    def weights_path(self) -> Path:
+        return Path(self.weights_dir).expanduser()
+
+
+class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()
+    queue_size: int = 8
+    job_deadline_seconds: float = 600.0
+    shutdown_grace_seconds: float = 120.0
+    cors_origins: tuple[str, ...] = ()
+    sse_keepalive_seconds: float = 15.0
+
+
+class StorageSettings(msgspec.Struct, frozen=True, kw_only=True):
+    data_dir: str = "~/.local/share/lift3d"
+    default_retention_seconds: int = 24 * 3600
+    max_retention_seconds: int = 30 * 24 * 3600
+    sweep_interval_seconds: float = 60.0
+    # base64 AES-256 keys; the first encrypts, all decrypt (rotation).
+    encryption_keys: tuple[str, ...] = ()
+    webhook_secret: str = ""
+    # Allowed webhook URL prefixes, e.g. "https://app.example.com/hooks/".
+    webhook_allowlist: tuple[str, ...] = ()
+    webhook_max_attempts: int = 5
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+
+    def replace(self, **sections: Any) -> "Settings":
+        """Copy with whole sections replaced: ``s.replace(engine=...)``."""
+        return msgspec.structs.replace(self, **sections)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Settings":
+        """Apply dotted overrides such as ``{"engine.weights": "tiny"}`` with type checks."""
+        tree = msgspec.to_builtins(self)
+        for dotted, value in overrides.items():
+            node = tree
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            if leaf not in node:
+                raise KeyError(f"unknown setting {dotted!r}")
+            node[leaf] = value
+        return msgspec.convert(tree, Settings, strict=False)
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# Environment variable -> (dotted setting, parser). Documented in the README.
+ENV_VARS: dict[str, tuple[str, Any]] = {
+    "LIFT3D_DEVICE": ("engine.device", str),
+    "LIFT3D_DTYPE": ("engine.dtype", str),
+    "LIFT3D_WEIGHTS": ("engine.weights", str),
+    "LIFT3D_WEIGHTS_DIR": ("engine.weights_dir", str),
+    "LIFT3D_MAX_UPLOAD_BYTES": ("engine.decode.max_upload_bytes", int),
+    "LIFT3D_MAX_PIXELS": ("engine.decode.max_pixels", int),
+    "LIFT3D_BACKGROUND_MODEL": ("engine.background.model", str),
+    "LIFT3D_STEPS": ("engine.multiview.steps", int),
+    "LIFT3D_RECONSTRUCT_MODEL": ("engine.reconstruct.model", str),
+    "LIFT3D_GRID_RESOLUTION": ("engine.reconstruct.grid_resolution", int),
+    "LIFT3D_HOST": ("server.host", str),
+    "LIFT3D_PORT": ("server.port", int),
+    "LIFT3D_API_KEYS": ("server.api_keys", _split_list),
+    "LIFT3D_QUEUE_SIZE": ("server.queue_size", int),
+    "LIFT3D_JOB_DEADLINE_SECONDS": ("server.job_deadline_seconds", float),
+    "LIFT3D_SHUTDOWN_GRACE_SECONDS": ("server.shutdown_grace_seconds", float),
+    "LIFT3D_CORS_ORIGINS": ("server.cors_origins", _split_list),
+    "LIFT3D_DATA_DIR": ("storage.data_dir", str),
+    "LIFT3D_RETENTION_SECONDS": ("storage.default_retention_seconds", int),
+    "LIFT3D_MAX_RETENTION_SECONDS": ("storage.max_retention_seconds", int),
+    "LIFT3D_ENCRYPTION_KEYS": ("storage.encryption_keys", _split_list),
+    "LIFT3D_WEBHOOK_SECRET": ("storage.webhook_secret", str),
+    "LIFT3D_WEBHOOK_ALLOWLIST": ("storage.webhook_allowlist", _split_list),
+}
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, then keyword overrides (dotted names with '__' for '.')."""
+    environ = dict(os.environ if environ is None else environ)
+    dotted: dict[str, Any] = {}
+    for var, (name, parse) in ENV_VARS.items():
+        if var in environ and environ[var] != "":
+            dotted[name] = parse(environ[var])
+    for key, value in overrides.items():
+        if value is not None:
+            dotted[key.replace("__", ".")] = value
+    return Settings().with_overrides(dotted)

@@ -1,0 +1,147 @@
+"""The engine: runs the ordered stages of one job, in process, with models resident.
+
+The HTTP server, the CLI and the benchmarks all drive this one class.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Iterable
+
+from lift3d.settings import EngineSettings
+from pipeline.errors import Lift3dError
+from pipeline.events import CancelToken, ProgressBus, ProgressEvent, ProgressHandler
+from pipeline.options import JobOptions, resolve_options
+from pipeline.runtime import Runtime
+from pipeline.stage import Stage, StageContext
+from pipeline.state import JobResult, JobState
+
+log = logging.getLogger("lift3d.engine")
+
+WARMUP_STEPS = 2
+
+
+def default_stages(settings: EngineSettings) -> list[Stage]:
+    """decode -> background -> multiview -> reconstruct -> finish."""
+    from pipeline.background import BackgroundStage
+    from pipeline.decode import DecodeStage
+    from pipeline.finish import FinishStage
+    from pipeline.multiview import MultiviewStage
+    from pipeline.reconstruct import ReconstructStage
+
+    return [DecodeStage(), BackgroundStage(), MultiviewStage(), ReconstructStage(), FinishStage()]
+
+
+def warmup_image_png(size: int = 256) -> bytes:
+    """A synthetic object (a shaded disc on white) used to warm every stage."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    margin = size // 5
+    draw.ellipse((margin, margin, size - margin, size - margin), fill=(200, 80, 40))
+    draw.rectangle((size // 2 - 8, margin, size // 2 + 8, size - margin), fill=(40, 90, 200))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings, stages: Iterable[Stage] | None = None) -> None:
+        self.settings = settings
+        self.runtime = Runtime.from_settings(settings)
+        self.stages: list[Stage] = list(stages) if stages is not None else default_stages(settings)
+        total_weight = sum(stage.progress_weight for stage in self.stages) or 1.0
+        self._spans = [stage.progress_weight / total_weight for stage in self.stages]
+        self.loaded = False
+        self.warmed = False
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [stage.name for stage in self.stages]
+
+    def load(self) -> None:
+        for stage in self.stages:
+            started = time.perf_counter()
+            stage.load(self.runtime)
+            log.info("loaded stage %s in %.2fs", stage.name, time.perf_counter() - started)
+        self.loaded = True
+
+    def warmup(self) -> JobResult:
+        """Run one small job end to end so the first real request pays no compile or allocation cost."""
+        if not self.loaded:
+            self.load()
+        steps = min(WARMUP_STEPS, self.settings.multiview.steps)
+        result = self.run(warmup_image_png(), JobOptions(seed=0, steps=steps, remove_background="off"))
+        self.warmed = True
+        return result
+
+    def run(
+        self,
+        image_bytes: bytes,
+        options: JobOptions | None = None,
+        *,
+        progress: ProgressHandler | Iterable[ProgressHandler] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> JobResult:
+        if not self.loaded:
+            self.load()
+        resolved = resolve_options(options or JobOptions(), self.settings)
+        bus = ProgressBus()
+        if callable(progress):
+            bus.subscribe(progress)
+        elif progress is not None:
+            for handler in progress:
+                bus.subscribe(handler)
+        cancel = cancel or CancelToken()
+        job = JobState(options=resolved, input_bytes=image_bytes)
+        job.metadata.update(weights_mode=self.settings.weights, seed=resolved.seed)
+        timings: dict[str, float] = {}
+        start_fraction = 0.0
+        try:
+            for stage, span in zip(self.stages, self._spans):
+                cancel.raise_if_cancelled()
+                ctx = StageContext(self.runtime, stage.name, bus, cancel, start_fraction, span)
+                ctx.report(0, 1, "started")
+                self.runtime.synchronize()
+                started = time.perf_counter()
+                stage.run(job, ctx)
+                self.runtime.synchronize()
+                timings[stage.name] = time.perf_counter() - started
+                start_fraction += span
+                ctx.report(1, 1, "done")
+            if job.glb is None:
+                raise Lift3dError("the stages finished without producing a GLB")
+            return JobResult(
+                glb=job.glb,
+                options=resolved,
+                timings=timings,
+                qa=dict(job.qa),
+                previews=dict(job.previews),
+                weights_mode=self.settings.weights,
+                metadata=dict(job.metadata),
+            )
+        finally:
+            # Every path (success, error, cancel) forgets the upload and the intermediates.
+            job.drop_inputs()
+            job.previews = {}
+
+
+class TerminalProgress:
+    """A progress handler that draws one tqdm bar per job (the CLI's view of the events)."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+
+    def __call__(self, event: ProgressEvent) -> None:
+        self._bar.n = int(event.fraction * 1000)
+        self._bar.set_description(event.stage)
+        self._bar.set_postfix_str(f"{event.step}/{event.total} {event.message}".strip())
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
