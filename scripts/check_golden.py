@@ -22,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", type=Path, help="a golden set folder, or a folder containing sets")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every tensor check")
     parser.add_argument(
-        "--allow-unknown",
+        "--strict",
         action="store_true",
-        help="report sets of models lift3d does not implement as SKIP instead of failing",
+        help="fail on sets of models lift3d does not implement (default: report them as SKIP)",
     )
     args = parser.parse_args(argv)
 
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         for set_dir in sets:
             model = read_model_name(set_dir)
             if model not in CHECKERS:
-                status = "SKIP" if args.allow_unknown else "FAIL"
+                status = "FAIL" if args.strict else "SKIP"
                 print(f"{status} {set_dir} model={model}: lift3d has no implementation of this model")
-                failures += 0 if args.allow_unknown else 1
+                failures += 1 if args.strict else 0
                 continue
             started = time.perf_counter()
             try:
