@@ -1,0 +1,18 @@
+"""InstantMesh reconstruction model (NeRF variant), re-implemented to load the real checkpoints unchanged."""
+
+from models.instantmesh.cameras import zero123plus_cameras
+from models.instantmesh.config import LRMConfig, ViTConfig
+from models.instantmesh.loading import LoadReport, build_empty, build_random, load_for_mode, load_pretrained
+from models.instantmesh.lrm import InstantNeRF
+
+__all__ = [
+    "InstantNeRF",
+    "LRMConfig",
+    "LoadReport",
+    "ViTConfig",
+    "build_empty",
+    "build_random",
+    "load_for_mode",
+    "load_pretrained",
+    "zero123plus_cameras",
+]

@@ -1,0 +1,105 @@
+"""Configuration of the InstantMesh NeRF-variant reconstruction model.
+
+One schema serves the shipped presets (``configs/*.json`` in this package) and the
+golden sets' ``config.json``: upstream's yaml layout (``model_config.params``,
+``infer_config``) plus the ViT configuration that upstream fetches from the Hub
+(``vit_config``) and the DINO processor's normalisation (``vit_preprocessor_config``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+PRESETS_DIR = Path(__file__).with_name("configs")
+PresetName = Literal["instant-nerf-base", "instant-nerf-large", "tiny"]
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    patch_size: int
+    image_size: int
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-12
+
+    @property
+    def table_side(self) -> int:
+        """Side of the square position-embedding table (without the CLS row)."""
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class LRMConfig:
+    name: str
+    vit: ViTConfig
+    transformer_dim: int
+    transformer_layers: int
+    transformer_heads: int
+    triplane_low_res: int
+    triplane_high_res: int
+    triplane_dim: int
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mesh_resolution: int = 256
+    mesh_threshold: float = 10.0
+    seed: int = 0
+
+    @property
+    def camera_dim(self) -> int:
+        return 16
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, name: str | None = None) -> "LRMConfig":
+        params = data["model_config"]["params"]
+        vit_raw = data["vit_config"]
+        vit = ViTConfig(
+            hidden_size=int(vit_raw["hidden_size"]),
+            num_hidden_layers=int(vit_raw["num_hidden_layers"]),
+            num_attention_heads=int(vit_raw["num_attention_heads"]),
+            intermediate_size=int(vit_raw["intermediate_size"]),
+            patch_size=int(vit_raw["patch_size"]),
+            image_size=int(vit_raw["image_size"]),
+            num_channels=int(vit_raw.get("num_channels", 3)),
+            layer_norm_eps=float(vit_raw.get("layer_norm_eps", 1e-12)),
+        )
+        if vit_raw.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"only the exact-GELU ViT is implemented, got {vit_raw['hidden_act']!r}")
+        # The triplane transformer's cross-attention width is encoder_feat_dim; the ViT produces hidden_size.
+        if int(params["encoder_feat_dim"]) != vit.hidden_size:
+            raise ValueError(
+                f"encoder_feat_dim {params['encoder_feat_dim']} must equal the ViT hidden size {vit.hidden_size}"
+            )
+        processor = data.get("vit_preprocessor_config", {})
+        infer = data.get("infer_config", {})
+        return cls(
+            name=name or str(data.get("name", "instant-nerf")),
+            vit=vit,
+            transformer_dim=int(params["transformer_dim"]),
+            transformer_layers=int(params["transformer_layers"]),
+            transformer_heads=int(params["transformer_heads"]),
+            triplane_low_res=int(params["triplane_low_res"]),
+            triplane_high_res=int(params["triplane_high_res"]),
+            triplane_dim=int(params["triplane_dim"]),
+            image_mean=tuple(float(v) for v in processor.get("image_mean", (0.5, 0.5, 0.5))),
+            image_std=tuple(float(v) for v in processor.get("image_std", (0.5, 0.5, 0.5))),
+            mesh_resolution=int(infer.get("mesh_resolution", 256)),
+            mesh_threshold=float(infer.get("mesh_threshold", 10.0)),
+            seed=int(data.get("seed", 0)),
+        )
+
+    @classmethod
+    def from_json(cls, path: Path) -> "LRMConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def preset(cls, name: PresetName) -> "LRMConfig":
+        path = PRESETS_DIR / f"{name}.json"
+        if not path.is_file():
+            raise KeyError(f"unknown InstantMesh preset {name!r}")
+        return cls.from_json(path)

@@ -1,0 +1,153 @@
+"""Build the reconstruction model in each weights mode and load the real checkpoint layout strictly.
+
+The real ``instant_nerf_*.ckpt`` is a PyTorch Lightning checkpoint: its ``state_dict``
+holds the whole training module, in which the reconstruction model is
+``lrm_generator``. We keep only ``lrm_generator.*`` keys, strip that prefix and load
+with strict matching. Keys under that prefix that the reference deliberately drops
+(``KNOWN_DROPPED_KEY_PARTS``: stale ``source_camera`` buffers of the training
+module) are removed by name and reported, never tolerated by a loose load.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping
+
+import torch
+
+from models.instantmesh.config import LRMConfig
+from models.instantmesh.lrm import InstantNeRF
+from pipeline.errors import WeightsCorrupt, WeightsMissing
+
+log = logging.getLogger("lift3d.instantmesh")
+
+KEY_PREFIX = "lrm_generator."
+CONTAINER_KEY = "state_dict"
+KNOWN_DROPPED_KEY_PARTS = ("source_camera",)
+WEIGHTS_SUBDIR = Path("TencentARC") / "InstantMesh"
+
+
+@dataclass
+class LoadReport:
+    loaded: int = 0
+    dropped: list[str] = field(default_factory=list)  # known reference-dropped keys, by full name
+    ignored_outside_prefix: int = 0  # other parts of the training module (e.g. loss networks)
+
+
+def extract_lrm_state_dict(checkpoint: Mapping[str, object]) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Checkpoint (Lightning container or bare state dict) -> the model's own keys, prefix stripped."""
+    state = checkpoint.get(CONTAINER_KEY, checkpoint)
+    if not isinstance(state, Mapping):
+        raise WeightsCorrupt(f"checkpoint entry {CONTAINER_KEY!r} is not a state dict")
+    report = LoadReport()
+    ours: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not key.startswith(KEY_PREFIX):
+            report.ignored_outside_prefix += 1
+            continue
+        if any(part in key for part in KNOWN_DROPPED_KEY_PARTS):
+            report.dropped.append(key)
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise WeightsCorrupt(f"checkpoint key {key!r} is not a tensor")
+        ours[key[len(KEY_PREFIX) :]] = value
+    if not ours:
+        raise WeightsCorrupt(f"checkpoint holds no {KEY_PREFIX!r} keys: not an InstantMesh LRM checkpoint")
+    report.loaded = len(ours)
+    return ours, report
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a converted ``.safetensors`` file or a ``.ckpt``, never by unrestricted unpickling."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # weights_only refuses anything but tensors and plain containers
+        raise WeightsCorrupt(
+            f"{path.name} could not be read as a tensors-only checkpoint ({type(error).__name__}); "
+            "convert it with `lift3d weights pull`"
+        ) from error
+    if not isinstance(checkpoint, dict):
+        raise WeightsCorrupt(f"{path.name} does not hold a state dict")
+    return checkpoint
+
+
+def load_state_strict(model: InstantNeRF, state: Mapping[str, torch.Tensor]) -> None:
+    """Strict load by assignment (the model may live on the meta device); shapes and names must match exactly."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise WeightsCorrupt(
+            "checkpoint does not match the model: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+            f"{len(wrong)} with wrong shapes (e.g. {wrong[:3]})"
+        )
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+
+
+def build_empty(config: LRMConfig) -> InstantNeRF:
+    """The architecture on the meta device: no memory, no init cost (for loading or key inspection)."""
+    with torch.device("meta"):
+        return InstantNeRF(config)
+
+
+def build_random(config: LRMConfig, *, device: torch.device | str = "cpu", seed: int | None = None) -> InstantNeRF:
+    """Random init directly on ``device``; seeded (independently of the global RNG) when ``seed`` is given."""
+    device = torch.device(device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.device(device):
+            return InstantNeRF(config)
+
+
+def load_pretrained(config: LRMConfig, path: Path, *, device: torch.device | str = "cpu") -> tuple[InstantNeRF, LoadReport]:
+    state, report = extract_lrm_state_dict(read_checkpoint(path))
+    model = build_empty(config)
+    load_state_strict(model, state)
+    if report.dropped:
+        log.info("dropped %d key(s) the reference drops too: %s", len(report.dropped), report.dropped)
+    return model.to(device), report
+
+
+def checkpoint_path(weights_dir: Path, preset: str) -> Path:
+    """The converted safetensors file, or the upstream ``.ckpt`` if that is what is on disk."""
+    stem = preset.replace("-", "_")
+    folder = Path(weights_dir).expanduser() / WEIGHTS_SUBDIR
+    for suffix in (".safetensors", ".ckpt"):
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise WeightsMissing(
+        f"reconstruction weights {WEIGHTS_SUBDIR / (stem + '.safetensors')} are not in the weights directory "
+        f"{weights_dir}: run `lift3d weights pull --profile quality`, or use `--weights dummy` to run "
+        "with random full-size weights"
+    )
+
+
+WeightsMode = Literal["locked", "dummy", "tiny"]
+
+
+def load_for_mode(
+    mode: WeightsMode, preset: str, *, weights_dir: Path, device: torch.device | str
+) -> tuple[InstantNeRF, LoadReport | None]:
+    """The model for a weights mode: locked = real checkpoint, dummy = full-size random, tiny = own small config."""
+    if mode == "tiny":
+        config = LRMConfig.preset("tiny")
+        return build_random(config, device=device, seed=config.seed).eval(), None
+    config = LRMConfig.preset(preset)  # type: ignore[arg-type]
+    if mode == "dummy":
+        return build_random(config, device=device).eval(), None
+    if mode == "locked":
+        model, report = load_pretrained(config, checkpoint_path(weights_dir, preset), device=device)
+        return model.eval(), report
+    raise ValueError(f"unknown weights mode {mode!r}")
