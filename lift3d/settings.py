@@ -100,6 +100,10 @@ class StorageSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Allowed webhook URL prefixes, e.g. "https://app.example.com/hooks/".
     webhook_allowlist: tuple[str, ...] = ()
     webhook_max_attempts: int = 5
+    # First retry waits this long, then doubles (capped at webhook_backoff_max_seconds).
+    webhook_backoff_seconds: float = 1.0
+    webhook_backoff_max_seconds: float = 60.0
+    webhook_timeout_seconds: float = 10.0
 
     @property
     def data_path(self) -> Path:
@@ -155,9 +159,11 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_DATA_DIR": ("storage.data_dir", str),
     "LIFT3D_RETENTION_SECONDS": ("storage.default_retention_seconds", int),
     "LIFT3D_MAX_RETENTION_SECONDS": ("storage.max_retention_seconds", int),
+    "LIFT3D_SWEEP_INTERVAL_SECONDS": ("storage.sweep_interval_seconds", float),
     "LIFT3D_ENCRYPTION_KEYS": ("storage.encryption_keys", _split_list),
     "LIFT3D_WEBHOOK_SECRET": ("storage.webhook_secret", str),
     "LIFT3D_WEBHOOK_ALLOWLIST": ("storage.webhook_allowlist", _split_list),
+    "LIFT3D_WEBHOOK_MAX_ATTEMPTS": ("storage.webhook_max_attempts", int),
 }
 
 

@@ -1,0 +1,275 @@
+"""Signed webhooks: tell the web app a job ended, without ever sending image bytes.
+
+Targets are checked against an operator allow-list at submission (a leaked API key
+must not turn the server into an SSRF proxy), deliveries follow no redirects (a
+redirect would leave the allow-list), and each body is signed::
+
+    X-Lift3d-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+
+Receivers check it with :func:`verify_signature` (see docs/data-lifecycle.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+
+from lift3d.settings import StorageSettings
+from pipeline.errors import InvalidOption
+from server.jobstore import JobRecord, JobStore
+
+log = logging.getLogger("lift3d.webhooks")
+
+SIGNATURE_HEADER = "X-Lift3d-Signature"
+EVENT_HEADER = "X-Lift3d-Event"
+MAX_URL_LENGTH = 2048
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Worth another try: the receiver may be restarting or shedding load.
+_RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class WebhookNotAllowed(InvalidOption):
+    code = "webhook_not_allowed"
+
+
+class _Target(msgspec.Struct, frozen=True):
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+
+def _parse(url: str) -> _Target | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.username or parts.password:
+        return None
+    return _Target(scheme, parts.hostname.lower().rstrip("."), port or _DEFAULT_PORTS[scheme], parts.path or "/")
+
+
+def _path_within(path: str, prefix: str) -> bool:
+    """Prefix match on whole segments: "/hooks" allows "/hooks" and "/hooks/x", not "/hooksevil"."""
+    if prefix.endswith("/"):
+        return path.startswith(prefix)
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def validate_webhook_url(url: str, allowlist: tuple[str, ...] | list[str]) -> str:
+    """Return ``url`` when it may receive webhooks, else raise WebhookNotAllowed (422).
+
+    An allow-list entry is a URL prefix such as ``https://app.example.com/hooks/``;
+    the target must have the same scheme, host and port, and a path under the
+    entry's path. Matching is structural, not textual, so
+    ``https://app.example.com.evil.net`` does not match ``https://app.example.com``.
+    An empty allow-list disables webhooks.
+    """
+    if not allowlist:
+        raise WebhookNotAllowed("webhooks are disabled on this server (no LIFT3D_WEBHOOK_ALLOWLIST)")
+    if len(url) > MAX_URL_LENGTH or any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise WebhookNotAllowed("webhook_url is not a valid URL")
+    target = _parse(url)
+    if target is None:
+        raise WebhookNotAllowed("webhook_url must be an http(s) URL without credentials")
+    for entry in allowlist:
+        allowed = _parse(entry)
+        if (
+            allowed is not None
+            and (allowed.scheme, allowed.host, allowed.port) == (target.scheme, target.host, target.port)
+            and _path_within(target.path, allowed.path)
+        ):
+            return url
+    raise WebhookNotAllowed("webhook_url is not on this server's allow-list")
+
+
+def check_webhook_request(url: str | None, settings: StorageSettings) -> str | None:
+    """Submission-time check of an optional ``webhook_url`` (422 on any problem)."""
+    if url is None or url == "":
+        return None
+    validate_webhook_url(url, settings.webhook_allowlist)
+    if not settings.webhook_secret:
+        raise WebhookNotAllowed("webhooks need a signing secret on this server (LIFT3D_WEBHOOK_SECRET)")
+    return url
+
+
+def _digest(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """The value of the X-Lift3d-Signature header for ``body``."""
+    timestamp = int(time.time()) if timestamp is None else int(timestamp)
+    return f"t={timestamp},v1={_digest(secret, timestamp, body)}"
+
+
+def verify_signature(
+    secret: str,
+    header: str | None,
+    body: bytes,
+    tolerance_seconds: float = 300,
+    now: float | None = None,
+) -> bool:
+    """True when ``header`` is a valid X-Lift3d-Signature for the raw request ``body``.
+
+    For receivers: pass the body exactly as received (before any JSON parsing). It
+    fails for a wrong secret, an altered body or timestamp, and a timestamp more than
+    ``tolerance_seconds`` away from ``now`` (replay protection). Several ``v1=``
+    entries are accepted, any of which may match.
+    """
+    if not secret or not header:
+        return False
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                return False
+        elif key == "v1" and value:
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return False
+    now = time.time() if now is None else now
+    if abs(now - timestamp) > tolerance_seconds:
+        return False
+    expected = _digest(secret, timestamp, body)
+    return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
+
+
+def job_links(job_id: str, base_url: str = "") -> dict[str, str]:
+    """The same links the job API returns; relative unless a public base URL is known."""
+    base = base_url.rstrip("/")
+    return {
+        "self": f"{base}/v1/jobs/{job_id}",
+        "events": f"{base}/v1/jobs/{job_id}/events",
+        "model": f"{base}/v1/jobs/{job_id}/model.glb",
+    }
+
+
+def webhook_payload(record: JobRecord, links: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What a receiver gets: identifiers, status and links. Never image bytes or options."""
+    links = dict(links or job_links(record.id))
+    if record.status != "succeeded":
+        links.pop("model", None)
+    elif "views.png" in record.artifacts and "model" in links:
+        links.setdefault("views", links["model"].rsplit("/", 1)[0] + "/views.png")
+    return {
+        "type": "job.finished",
+        "id": record.id,
+        "status": record.status,
+        "error": {"code": record.error_code} if record.error_code else None,
+        "finished_at": record.finished_at,
+        "expires_at": record.expires_at,
+        "links": links,
+    }
+
+
+class WebhookNotifier:
+    """Delivers job-ended webhooks in the background with bounded retries.
+
+    ``schedule(job_id)`` is called from the event loop once a job's final state is
+    stored. The outcome lands on the job record (``webhook_status`` delivered or
+    failed, ``webhook_attempts``, ``webhook_error``).
+    """
+
+    def __init__(
+        self,
+        settings: StorageSettings,
+        store: JobStore,
+        *,
+        client: httpx.AsyncClient | None = None,
+        base_url: str = "",
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.base_url = base_url
+        self._client = client
+        self._owns_client = client is None
+        self._sleep = sleep
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            # No redirects: a 3xx could point anywhere, outside the allow-list.
+            self._client = httpx.AsyncClient(
+                timeout=self.settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False
+            )
+        return self._client
+
+    def schedule(self, job_id: str) -> asyncio.Task[None] | None:
+        """Start delivery for a job that has a webhook_url; None when it has none."""
+        record = self.store.get(job_id)
+        if record is None or not record.webhook_url:
+            return None
+        task = asyncio.get_running_loop().create_task(self.deliver(record), name=f"webhook-{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based): doubling, capped."""
+        delay = self.settings.webhook_backoff_seconds * (2 ** (attempt - 1))
+        return min(delay, self.settings.webhook_backoff_max_seconds)
+
+    async def deliver(self, record: JobRecord) -> bool:
+        """POST the signed payload until a 2xx, a permanent refusal, or the attempt limit."""
+        url = record.webhook_url
+        if not url:
+            return False
+        body = msgspec.json.encode(webhook_payload(record, job_links(record.id, self.base_url)))
+        attempts = max(1, self.settings.webhook_max_attempts)
+        self.store.update(record.id, webhook_status="pending")
+        error = ""
+        for attempt in range(1, attempts + 1):
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "lift3d-webhooks/1",
+                EVENT_HEADER: "job.finished",
+                # Signed per attempt, so a late retry still carries a fresh timestamp.
+                SIGNATURE_HEADER: sign(self.settings.webhook_secret, body),
+            }
+            retry = True
+            try:
+                response = await self._http().post(url, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}"
+            else:
+                if 200 <= response.status_code < 300:
+                    self.store.update(record.id, webhook_status="delivered", webhook_attempts=attempt, webhook_error=None)
+                    log.info("webhook for job %s delivered (attempt %d)", record.id, attempt)
+                    return True
+                error = f"HTTP {response.status_code}"
+                retry = response.status_code in _RETRYABLE_STATUS
+            self.store.update(record.id, webhook_attempts=attempt, webhook_error=error)
+            if not retry or attempt == attempts:
+                break
+            await self._sleep(self.backoff(attempt))
+        self.store.update(record.id, webhook_status="failed", webhook_error=error)
+        log.warning("webhook for job %s gave up after %d attempt(s): %s", record.id, attempt, error)
+        return False
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Give pending deliveries ``timeout`` seconds, then cancel them and close the client."""
+        pending = list(self._tasks)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
