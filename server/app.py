@@ -1,0 +1,77 @@
+"""The Litestar application: routes, auth, problem+json errors, and the lifespan that runs the worker."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import AsyncIterator
+
+import anyio
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+import lift3d
+from lift3d.settings import Settings
+from pipeline.engine import Engine
+from server.auth import make_auth_guard, resolve_api_keys
+from server.lifecycle import DataLifecycle
+from server.problems import EXCEPTION_HANDLERS
+from server.routes import ROUTES, Services
+from server.worker import JobManager
+
+log = logging.getLogger("lift3d.server")
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
+    """Build the app; ``engine`` lets tests inject one with fake stages.
+
+    Nothing heavy happens here: the lifespan recovers the job store, starts the
+    worker thread (which loads and warms the models while /readyz says 503), and
+    drains on shutdown.
+    """
+    keys = resolve_api_keys(settings)
+    engine = engine if engine is not None else Engine(settings.engine)
+    lifecycle = DataLifecycle(settings.storage)
+    manager = JobManager(settings, engine, lifecycle)
+    svc = Services(settings=settings, manager=manager)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(lifecycle.recover)
+        lifecycle.start()
+        manager.start()
+        try:
+            yield
+        finally:
+            # serve() usually drained already on SIGTERM; draining again is a no-op.
+            await anyio.to_thread.run_sync(manager.drain, settings.server.shutdown_grace_seconds)
+            await lifecycle.aclose()
+
+    cors = CORSConfig(allow_origins=list(settings.server.cors_origins)) if settings.server.cors_origins else None
+    openapi = OpenAPIConfig(
+        title="lift3d",
+        version=lift3d.__version__,
+        description="One photo in, a textured 3D model (GLB) out. Errors are RFC 9457 problem+json with a stable `code`.",
+        path="/schema",
+        render_plugins=[SwaggerRenderPlugin()],
+        components=Components(
+            security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="an API key")}
+        ),
+        security=[{"bearer": []}],
+    )
+    return Litestar(
+        route_handlers=ROUTES,
+        guards=[make_auth_guard(keys)],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        state=State({"services": svc}),
+        cors_config=cors,
+        openapi_config=openapi,
+        # Our own logging setup (server.main); Litestar's would add request logging we do not want.
+        logging_config=None,
+        debug=False,
+    )

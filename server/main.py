@@ -1,0 +1,103 @@
+"""``lift3d serve``: uvicorn around the app, without access logs, with a graceful SIGTERM drain.
+
+On SIGTERM (what RunPod and Docker send) the server keeps answering while it
+drains: /readyz turns 503, new submissions get 503 ``shutting_down``, queued jobs
+fail ``shutting_down``, the running job gets ``shutdown_grace_seconds`` to finish,
+then uvicorn stops and the process exits 0. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+import uvicorn
+
+from lift3d.settings import Settings
+from pipeline.engine import Engine
+
+log = logging.getLogger("lift3d.server")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Seconds uvicorn waits for open connections (SSE streams end with their jobs) after the drain.
+CONNECTION_CLOSE_SECONDS = 5
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Our loggers to stderr. Records carry ids, sizes, timings and codes; never bytes, names, IPs or keys."""
+    root = logging.getLogger()
+    if not any(getattr(handler, "_lift3d", False) for handler in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._lift3d = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+    # httpx logs every request URL at INFO (webhook URLs may carry secrets); uvicorn.access logs client IPs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first SIGTERM/SIGINT drains the job queue before it stops."""
+
+    def __init__(self, config: uvicorn.Config, drain) -> None:  # noqa: ANN001 - a no-argument callable
+        super().__init__(config)
+        self._drain = drain
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not uvicorn's handler: it would re-raise the signal after shutdown and exit non-zero.
+        if self._draining:
+            log.warning("second signal: stopping now")
+            self.should_exit = True
+            self.force_exit = True
+            return
+        self._draining = True
+        log.info("signal %s: draining", signal.Signals(sig).name)
+
+        def drain_then_exit() -> None:
+            try:
+                self._drain()
+            finally:
+                self.should_exit = True
+
+        threading.Thread(target=drain_then_exit, name="lift3d-drain", daemon=True).start()
+
+
+def serve(settings: Settings, engine: Engine | None = None) -> int:
+    # The server never reaches the Hub at run time: weights are pulled ahead with `lift3d weights pull`.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    configure_logging()
+    from server.app import create_app
+
+    try:
+        app = create_app(settings, engine)
+    except Exception as error:  # noqa: BLE001 - one line for the operator, not a traceback
+        log.error("cannot start: %s", error)
+        return 1
+    manager = app.state.services.manager
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=CONNECTION_CLOSE_SECONDS,
+        lifespan="on",
+    )
+    server = DrainingServer(config, lambda: manager.drain(settings.server.shutdown_grace_seconds))
+    log.info(
+        "lift3d serving on %s:%d (weights %s, device %s)",
+        settings.server.host,
+        settings.server.port,
+        settings.engine.weights,
+        settings.engine.device,
+    )
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,134 @@
+"""RFC 9457 problem+json errors with a stable machine ``code``.
+
+Every error the API returns goes through here, so clients can switch on ``code``
+without parsing prose. Messages never echo request bytes, filenames or tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any, Mapping
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from pipeline.errors import Lift3dError
+
+log = logging.getLogger("lift3d.server")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://lift3d.dev/problems/"
+
+# Codes for HTTP-level failures that do not come from the engine.
+_CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "upload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "queue_full",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    500: "Internal server error",
+    503: "Service unavailable",
+    504: "Deadline exceeded",
+}
+
+
+class ApiError(Exception):
+    """An error the API answers with, carrying its status, stable code and extra headers."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    @classmethod
+    def from_lift3d(cls, error: Lift3dError) -> "ApiError":
+        return cls(error.http_status, error.code, error.message)
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    body.update(extra or {})
+    return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=dict(headers or {}))
+
+
+def _api_error_handler(_: Request, exc: ApiError) -> Response[dict[str, Any]]:
+    return problem_response(exc.status, exc.code, exc.detail, headers=exc.headers, extra=exc.extra)
+
+
+def _lift3d_error_handler(_: Request, exc: Lift3dError) -> Response[dict[str, Any]]:
+    return problem_response(exc.http_status, exc.code, exc.message)
+
+
+def _http_exception_handler(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    code = _CODES_BY_STATUS.get(status, "http_error")
+    headers = dict(exc.headers or {})
+    if isinstance(exc, NotAuthorizedException):
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="lift3d"')
+    if isinstance(exc, ValidationException):
+        # Litestar's validation detail names the parameter, never request bytes.
+        code = "invalid_option"
+        status = 422
+    return problem_response(status, code, str(exc.detail), headers=headers)
+
+
+def _unexpected_error_handler(_: Request, exc: Exception) -> Response[dict[str, Any]]:
+    # The frames, not the message: a message could quote request data.
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("unhandled error %s at:\n%s", type(exc).__name__, frames)
+    return problem_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error_handler,
+    Lift3dError: _lift3d_error_handler,
+    HTTPException: _http_exception_handler,
+    Exception: _unexpected_error_handler,
+}
+
+__all__ = ["ApiError", "EXCEPTION_HANDLERS", "PROBLEM_MEDIA_TYPE", "problem_response"]

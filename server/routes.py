@@ -1,0 +1,341 @@
+"""API v1 route handlers. They read and enqueue; the GPU worker does the work."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Annotated, Any, AsyncIterator
+
+import anyio
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+
+from lift3d.settings import Settings
+from pipeline.decode import decode_image
+from pipeline.errors import UnsupportedFormat
+from server.auth import PUBLIC
+from server.info import build_info
+from server.problems import ApiError
+from server.schemas import (
+    TERMINAL_STATUSES,
+    Health,
+    Info,
+    JobAccepted,
+    JobView,
+    OwnerJobs,
+    job_links,
+    job_view,
+)
+from server.submission import parse_submission
+from server.uploads import (
+    FORM_OVERHEAD_BYTES,
+    RAW_IMAGE_TYPES,
+    check_declared_length,
+    read_multipart_image,
+    read_raw_image,
+)
+from server.worker import MODEL_FILE, VIEWS_FILE, JobManager
+
+GLB_MEDIA_TYPE = "model/gltf-binary"
+# Decoding is CPU work next to the GPU worker: at most two uploads validate at once.
+_DECODE_SLOTS = anyio.CapacityLimiter(2)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    manager: JobManager
+
+
+def services(state: State) -> Services:
+    return state.services
+
+
+def _job_view(svc: Services, job_id: str) -> JobView:
+    record = svc.manager.lifecycle.store.get(job_id)
+    if record is None:
+        raise ApiError(404, "not_found", "no such job")
+    live = svc.manager.live(job_id)
+    if live is not None and live.status in ("queued", "running"):
+        return job_view(
+            record,
+            live_status=live.status,
+            live_stage=live.stage,
+            live_progress=live.progress,
+            queue_position=svc.manager.queue_position(job_id),
+        )
+    return job_view(record)
+
+
+# -- jobs ----------------------------------------------------------------------
+
+
+@post(
+    "/v1/jobs",
+    status_code=HTTP_202_ACCEPTED,
+    # The byte cap is enforced while streaming (server.uploads), with the problem+json 413.
+    request_max_body_size=None,
+    summary="Submit an image",
+    description=(
+        "Send the image as the multipart/form-data field `image`, or as a raw body with "
+        "Content-Type image/png, image/jpeg or image/webp. Options go in form fields or the query. "
+        "Answers 202 with the job id; follow `links.events` (SSE) or poll `links.self`."
+    ),
+    tags=["jobs"],
+)
+async def submit_job(
+    request: Request[Any, Any, State],
+    state: State,
+    idempotency_key: Annotated[
+        str | None,
+        Parameter(header="Idempotency-Key", description="same key + same request = same job", max_length=200),
+    ] = None,
+    seed: Annotated[int | None, Parameter(query="seed", description="random seed (default: random)")] = None,
+    steps: Annotated[int | None, Parameter(query="steps", description="diffusion steps (1..200)")] = None,
+    guidance: Annotated[float | None, Parameter(query="guidance", description="classifier-free guidance (1..20)")] = None,
+    remove_background: Annotated[str | None, Parameter(query="remove_background", description="auto|on|off")] = None,
+    target_faces: Annotated[int | None, Parameter(query="target_faces", description="0 = keep all, else 500..2000000")] = None,
+    texture_size: Annotated[int | None, Parameter(query="texture_size", description="512..2048")] = None,
+    texture: Annotated[str | None, Parameter(query="texture", description="uv|vertex")] = None,
+    return_views: Annotated[bool | None, Parameter(query="return_views", description="also store views.png")] = None,
+    owner: Annotated[str | None, Parameter(query="owner", description="the web app's opaque user id")] = None,
+    retention_seconds: Annotated[int | None, Parameter(query="retention_seconds", description="result lifetime")] = None,
+    webhook_url: Annotated[str | None, Parameter(query="webhook_url", description="allow-listed URL told when the job ends")] = None,
+) -> Response[JobAccepted]:
+    svc = services(state)
+    cap = svc.settings.engine.decode.max_upload_bytes
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data":
+        check_declared_length(request.headers.get("content-length"), cap + FORM_OVERHEAD_BYTES, cap)
+        upload = await read_multipart_image(request.stream(), content_type, cap)
+    elif media_type in RAW_IMAGE_TYPES:
+        check_declared_length(request.headers.get("content-length"), cap, cap)
+        upload = await read_raw_image(request.stream(), cap)
+    else:
+        raise UnsupportedFormat(
+            "send multipart/form-data with an `image` field, or a raw image/png, image/jpeg or image/webp body"
+        )
+
+    # Query first, then form fields (the form wins); the raw strings are parsed in one place.
+    fields = {key: value for key, value in request.query_params.items()}
+    fields.update(upload.fields)
+    submission = parse_submission(fields, svc.settings)
+    image = upload.image
+    upload.image = b""
+    await anyio.to_thread.run_sync(_validate_image, image, svc.settings, limiter=_DECODE_SLOTS)
+
+    record, created = svc.manager.submit(
+        image,
+        submission.options,
+        options=msgspec.to_builtins(submission.options),
+        owner=submission.owner,
+        retention_seconds=submission.retention_seconds,
+        webhook_url=submission.webhook_url,
+        idempotency_key=idempotency_key,
+        request_hash=submission.fingerprint(image),
+        weights_mode=svc.settings.engine.weights,
+    )
+    del image
+    links = job_links(record.id, submission.options.return_views)
+    body = JobAccepted(
+        id=record.id,
+        status=record.status,  # type: ignore[arg-type]
+        queue_position=svc.manager.queue_position(record.id),
+        links=links,
+    )
+    headers = {"Location": links.self}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(body, status_code=HTTP_202_ACCEPTED, headers=headers)
+
+
+def _validate_image(data: bytes, settings: Settings) -> None:
+    """Decode once at submit so bad images are a 4xx now, not a failed job later."""
+    decode_image(data, settings.engine.decode).close()
+
+
+@get("/v1/jobs/{job_id:str}", summary="A job's status, progress, timings and result", tags=["jobs"])
+async def get_job(job_id: str, state: State) -> JobView:
+    return _job_view(services(state), job_id)
+
+
+@delete(
+    "/v1/jobs/{job_id:str}",
+    status_code=HTTP_204_NO_CONTENT,
+    summary="Cancel the job if it is active and erase it with its results",
+    tags=["jobs"],
+)
+async def delete_job(job_id: str, state: State) -> None:
+    manager = services(state).manager
+    if not await anyio.to_thread.run_sync(manager.erase, job_id):
+        raise ApiError(404, "not_found", "no such job")
+
+
+async def _result_bytes(svc: Services, job_id: str, name: str) -> bytes:
+    record = svc.manager.lifecycle.store.get(job_id)
+    if record is None:
+        raise ApiError(404, "not_found", "no such job")
+    if record.status in ("queued", "running"):
+        raise ApiError(409, "job_not_finished", f"the job is {record.status}; wait for it to succeed")
+    if record.status == "expired":
+        raise ApiError(404, "expired", "the job's results expired and were erased")
+    if record.status != "succeeded":
+        raise ApiError(409, "job_not_succeeded", f"the job {record.status}; it has no result")
+    return await anyio.to_thread.run_sync(svc.manager.lifecycle.read, job_id, name)
+
+
+@get(
+    "/v1/jobs/{job_id:str}/model.glb",
+    summary="The textured model (binary glTF)",
+    media_type=GLB_MEDIA_TYPE,
+    tags=["jobs"],
+)
+async def get_model(job_id: str, state: State) -> Response[bytes]:
+    data = await _result_bytes(services(state), job_id, MODEL_FILE)
+    return Response(
+        data,
+        media_type=GLB_MEDIA_TYPE,
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.glb"', "Cache-Control": "private, no-store"},
+    )
+
+
+@get(
+    "/v1/jobs/{job_id:str}/views.png",
+    summary="The six generated views (3 rows x 2 columns), when return_views was set",
+    media_type="image/png",
+    tags=["jobs"],
+)
+async def get_views(job_id: str, state: State) -> Response[bytes]:
+    data = await _result_bytes(services(state), job_id, VIEWS_FILE)
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+@get(
+    "/v1/jobs/{job_id:str}/events",
+    summary="Server-sent events: `status` and `progress` while active, then one `end` event",
+    tags=["jobs"],
+)
+async def job_events(job_id: str, state: State) -> ServerSentEvent:
+    svc = services(state)
+    _job_view(svc, job_id)  # 404 before the stream starts
+    return ServerSentEvent(_event_stream(svc, job_id), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _event(name: str, payload: Any) -> ServerSentEventMessage:
+    return ServerSentEventMessage(event=name, data=msgspec.json.encode(payload).decode())
+
+
+async def _event_stream(svc: Services, job_id: str) -> AsyncIterator[ServerSentEventMessage]:
+    keepalive = svc.settings.server.sse_keepalive_seconds
+    live = svc.manager.live(job_id)
+    watcher = live.watch() if live is not None else None
+    try:
+        sent: tuple[Any, ...] | None = None
+        while True:
+            view = _job_view_or_gone(svc, job_id)
+            if view.status in TERMINAL_STATUSES:
+                yield _event("end", view)
+                return
+            if sent is None or view.status != sent[0]:
+                yield _event("status", {"id": job_id, "status": view.status, "queue_position": view.queue_position})
+            if sent is None or (view.stage, view.progress) != sent[1:]:
+                yield _event("progress", {"id": job_id, "stage": view.stage, "progress": view.progress})
+            sent = (view.status, view.stage, view.progress)
+            if watcher is None:
+                # Not live in this process any more (it ended between reads): poll once more.
+                await asyncio.sleep(0.2)
+                continue
+            event = watcher[1]
+            try:
+                await asyncio.wait_for(event.wait(), timeout=keepalive)
+            except TimeoutError:
+                yield ServerSentEventMessage(comment="keep-alive", data=None)
+            event.clear()
+    finally:
+        if live is not None and watcher is not None:
+            live.unwatch(watcher)
+
+
+def _job_view_or_gone(svc: Services, job_id: str) -> JobView:
+    try:
+        return _job_view(svc, job_id)
+    except ApiError:
+        # Erased while streaming: the stream ends with a cancelled job that has no record left.
+        return JobView(id=job_id, status="cancelled", links=job_links(job_id))
+
+
+# -- owners (data-subject requests) --------------------------------------------
+
+
+@get("/v1/owners/{owner:str}/jobs", summary="Every live job of an owner", tags=["owners"])
+async def list_owner_jobs(owner: str, state: State) -> OwnerJobs:
+    svc = services(state)
+    records = svc.manager.lifecycle.owner_jobs(owner)
+    return OwnerJobs(owner=owner, jobs=[_job_view(svc, record.id) for record in records])
+
+
+@delete(
+    "/v1/owners/{owner:str}",
+    status_code=HTTP_204_NO_CONTENT,
+    summary="Erase every job and result of an owner (account deletion)",
+    tags=["owners"],
+)
+async def delete_owner(owner: str, state: State) -> None:
+    await anyio.to_thread.run_sync(services(state).manager.erase_owner, owner)
+
+
+# -- system ------------------------------------------------------------------------
+
+
+@get("/healthz", opt=PUBLIC, summary="Liveness: the process answers", tags=["system"])
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@get("/readyz", opt=PUBLIC, summary="Readiness: models loaded and warm, not draining", tags=["system"])
+async def readyz(state: State) -> Response[Health]:
+    manager = services(state).manager
+    if manager.ready:
+        return Response(Health(status="ready"))
+    if manager.draining:
+        detail = "draining"
+    elif manager.load_error is not None:
+        detail = manager.load_error.code
+    else:
+        detail = "warming_up"
+    return Response(Health(status="unavailable", detail=detail), status_code=503)
+
+
+@get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4", tags=["system"])
+async def metrics(state: State) -> Response[bytes]:
+    data = await anyio.to_thread.run_sync(services(state).manager.metrics.render)
+    return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@get("/v1/info", summary="Version, profile, device and pinned models", tags=["system"])
+async def info(state: State) -> Info:
+    svc = services(state)
+    return build_info(svc.settings, svc.manager.engine.runtime, svc.manager.ready)
+
+
+ROUTES = [
+    submit_job,
+    get_job,
+    delete_job,
+    get_model,
+    get_views,
+    job_events,
+    list_owner_jobs,
+    delete_owner,
+    healthz,
+    readyz,
+    metrics,
+    info,
+]
+
+__all__ = ["ROUTES", "Services"]

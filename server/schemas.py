@@ -1,0 +1,141 @@
+"""The JSON shapes of API v1 (typed, so OpenAPI at /schema documents them)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import msgspec
+
+from server.jobstore import JobRecord
+
+ApiStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "expired"})
+
+
+class JobLinks(msgspec.Struct, kw_only=True):
+    self: str
+    events: str
+    model: str
+    views: str | None = None
+
+
+class JobError(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+
+
+class JobAccepted(msgspec.Struct, kw_only=True):
+    id: str
+    status: ApiStatus
+    queue_position: int | None
+    links: JobLinks
+
+
+class JobView(msgspec.Struct, kw_only=True):
+    id: str
+    status: ApiStatus
+    stage: str | None = None
+    progress: float = 0.0
+    queue_position: int | None = None
+    owner: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    expires_at: str | None = None
+    timings: dict[str, float] = {}
+    seed: int | None = None
+    options: dict[str, Any] = {}
+    weights_mode: str | None = None
+    error: JobError | None = None
+    result: dict[str, Any] | None = None
+    webhook_status: str | None = None
+    links: JobLinks
+
+
+class OwnerJobs(msgspec.Struct, kw_only=True):
+    owner: str
+    jobs: list[JobView]
+
+
+class ModelInfo(msgspec.Struct, kw_only=True):
+    name: str
+    repo: str | None = None
+    revision: str | None = None
+    license: str | None = None
+
+
+class Limits(msgspec.Struct, kw_only=True):
+    max_upload_bytes: int
+    max_pixels: int
+    queue_size: int
+    job_deadline_seconds: float
+    default_retention_seconds: int
+    max_retention_seconds: int
+
+
+class Info(msgspec.Struct, kw_only=True):
+    version: str
+    profile: str
+    weights_mode: str
+    device: str
+    dtype: str
+    ready: bool
+    models: list[ModelInfo]
+    limits: Limits
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+    detail: str | None = None
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def job_links(job_id: str, with_views: bool = False) -> JobLinks:
+    base = f"/v1/jobs/{job_id}"
+    return JobLinks(
+        self=base,
+        events=f"{base}/events",
+        model=f"{base}/model.glb",
+        views=f"{base}/views.png" if with_views else None,
+    )
+
+
+def job_view(
+    record: JobRecord,
+    *,
+    live_status: str | None = None,
+    live_stage: str | None = None,
+    live_progress: float | None = None,
+    queue_position: int | None = None,
+) -> JobView:
+    status = live_status or record.status
+    if status not in ("queued", "running", "succeeded", "failed", "cancelled", "expired"):
+        status = record.status
+    error = JobError(code=record.error_code, message=record.error_message or "") if record.error_code else None
+    succeeded = record.status == "succeeded"
+    return JobView(
+        id=record.id,
+        status=status,  # type: ignore[arg-type]
+        stage=live_stage if live_stage is not None else record.stage,
+        progress=1.0 if succeeded else (live_progress if live_progress is not None else record.progress),
+        queue_position=queue_position,
+        owner=record.owner,
+        created_at=iso(record.created_at),
+        started_at=iso(record.started_at),
+        finished_at=iso(record.finished_at),
+        expires_at=iso(record.expires_at),
+        timings=dict(record.timings),
+        seed=record.seed,
+        options=dict(record.options),
+        weights_mode=record.weights_mode,
+        error=error,
+        result=dict(record.result) if succeeded else None,
+        webhook_status=record.webhook_status,
+        links=job_links(record.id, "views.png" in record.artifacts),
+    )

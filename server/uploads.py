@@ -1,0 +1,154 @@
+"""Reading an upload into memory with a hard byte cap; nothing ever touches disk.
+
+Litestar's own form parsing spools file parts over 1 MiB to temporary files, so
+the upload route never asks Litestar for the form: it streams the raw body
+through python-multipart's push parser into memory, counting every byte, and
+stops reading one chunk past the cap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from pipeline.errors import UploadTooLarge
+from server.problems import ApiError
+
+IMAGE_FIELD = "image"
+RAW_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
+# Room for the multipart framing and the small option fields around the image.
+FORM_OVERHEAD_BYTES = 64 * 1024
+MAX_FIELD_BYTES = 4096
+MAX_FIELDS = 32
+
+
+@dataclass
+class Upload:
+    """The image bytes and the text fields that came with them (no filename is kept)."""
+
+    image: bytes
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _too_large(cap: int) -> UploadTooLarge:
+    return UploadTooLarge(f"the upload is larger than the limit of {cap} bytes")
+
+
+def check_declared_length(content_length: str | None, limit: int, cap: int) -> None:
+    """Refuse before reading anything when the client announces too many bytes."""
+    if content_length is None:
+        return
+    try:
+        declared = int(content_length)
+    except ValueError:
+        raise ApiError(400, "bad_request", "invalid Content-Length") from None
+    if declared > limit:
+        raise _too_large(cap)
+
+
+async def read_raw_image(chunks: AsyncIterator[bytes], cap: int) -> Upload:
+    """A raw ``image/*`` body, at most ``cap`` bytes (reads at most cap + one chunk)."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        if len(buffer) > cap:
+            buffer.clear()
+            raise _too_large(cap)
+    return Upload(image=bytes(buffer))
+
+
+class _FormCollector:
+    """python-multipart callbacks that keep the ``image`` part and small text fields in memory."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.image: bytearray | None = None
+        self.fields: dict[str, str] = {}
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._name = ""
+        self._is_file = False
+        self._value = bytearray()
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda data, start, end: self._header_field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self._header_value.extend(data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+        self._name = ""
+        self._is_file = False
+        self._value = bytearray()
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        # A part with a filename is a file; the filename itself is dropped here, unread.
+        self._is_file = b"filename" in params
+        if self._name == IMAGE_FIELD:
+            if self.image is not None:
+                raise ApiError(422, "invalid_input", "the form carries more than one image field")
+            self.image = bytearray()
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._name == IMAGE_FIELD and self.image is not None:
+            self.image += data[start:end]
+            if len(self.image) > self.cap:
+                self.image.clear()
+                raise _too_large(self.cap)
+        elif not self._is_file:
+            self._value += data[start:end]
+            if len(self._value) > MAX_FIELD_BYTES:
+                raise ApiError(422, "invalid_option", f"form field {self._name!r} is too long")
+        # Other file parts are not wanted: their bytes are skipped, never kept.
+
+    def _part_end(self) -> None:
+        if self._name != IMAGE_FIELD and not self._is_file and self._name:
+            if len(self.fields) >= MAX_FIELDS:
+                raise ApiError(422, "invalid_option", "too many form fields")
+            self.fields[self._name] = self._value.decode("utf-8", "replace")
+        self._value = bytearray()
+
+
+async def read_multipart_image(chunks: AsyncIterator[bytes], content_type: str, cap: int) -> Upload:
+    """The ``image`` part of a multipart/form-data body, parsed in memory under the cap."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "bad_request", "multipart body without a boundary")
+    collector = _FormCollector(cap)
+    limit = cap + FORM_OVERHEAD_BYTES
+    received = 0
+    try:
+        parser = MultipartParser(boundary, collector.callbacks())
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(cap)
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError:
+        raise ApiError(400, "bad_request", "malformed multipart body") from None
+    except ValueError:
+        raise ApiError(400, "bad_request", "malformed multipart body") from None
+    finally:
+        image, collector.image = collector.image, None
+    if image is None:
+        raise ApiError(422, "missing_image", f"the form has no {IMAGE_FIELD!r} file field")
+    return Upload(image=bytes(image), fields=collector.fields)

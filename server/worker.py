@@ -1,0 +1,383 @@
+"""The bounded job queue and the one GPU worker thread that drains it.
+
+The event loop only enqueues and reads state; all engine work (load, warm-up,
+jobs) happens on the worker thread, so HTTP never blocks on the GPU. Uploads
+live only in ``LiveJob.image`` and are dropped on every ending path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgspec
+
+from lift3d.settings import Settings
+from pipeline.engine import Engine
+from pipeline.errors import DeadlineExceeded, JobCancelled, Lift3dError
+from pipeline.events import CancelToken, ProgressEvent
+from pipeline.options import JobOptions
+from pipeline.state import JobResult
+from server.jobstore import JobRecord
+from server.lifecycle import DataLifecycle
+from server.metrics import Metrics
+from server.problems import ApiError
+
+log = logging.getLogger("lift3d.worker")
+
+SHUTTING_DOWN = "shutting_down"
+MODEL_FILE = "model.glb"
+VIEWS_FILE = "views.png"
+# Before any job has been measured, Retry-After falls back to the warm-up time, else this.
+DEFAULT_SERVICE_SECONDS = 30.0
+SERVICE_TIME_SMOOTHING = 0.3
+
+
+@dataclass(eq=False)
+class LiveJob:
+    """A queued or running job's in-memory half: the upload, its cancel token, live progress."""
+
+    id: str
+    image: bytes | None
+    options: JobOptions
+    deadline: float  # time.monotonic() seconds
+    cancel: CancelToken
+    enqueued_at: float = field(default_factory=time.monotonic)
+    run_started: float | None = None
+    status: str = "queued"
+    stage: str | None = None
+    progress: float = 0.0
+    _watchers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
+
+    def watch(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
+        """An asyncio.Event set whenever this job changes (call from the event loop)."""
+        watcher = (asyncio.get_running_loop(), asyncio.Event())
+        self._watchers.add(watcher)
+        return watcher
+
+    def unwatch(self, watcher: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+        self._watchers.discard(watcher)
+
+    def notify(self) -> None:
+        for loop, event in list(self._watchers):
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the loop closed under a departed subscriber
+                self._watchers.discard((loop, event))
+
+
+def result_summary(result: JobResult) -> dict[str, Any]:
+    """Result metadata for the job record: numbers about the model, never bytes."""
+    qa = result.qa
+    summary: dict[str, Any] = {"bytes": len(result.glb), "weights_mode": result.weights_mode}
+    for key in ("vertices", "faces", "texture_size", "watertight", "components", "texture", "extent_m"):
+        if key in qa and isinstance(qa[key], (int, float, str, bool, list)):
+            summary[key] = qa[key]
+    summary.setdefault("texture_size", result.options.texture_size)
+    return summary
+
+
+def views_png(result: JobResult) -> bytes | None:
+    for key in ("views", VIEWS_FILE, "views_grid"):
+        data = result.previews.get(key)
+        if isinstance(data, (bytes, bytearray)):
+            return bytes(data)
+    return None
+
+
+class JobManager:
+    """Owns the queue, the worker thread and the live (in-memory) half of every active job.
+
+    Records and results go through the storage engineer's :class:`DataLifecycle`.
+    """
+
+    def __init__(self, settings: Settings, engine: Engine, lifecycle: DataLifecycle) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.lifecycle = lifecycle
+        self.metrics = Metrics(lifecycle.store.count_by_status, lambda: len(self._queue))
+        self._queue: collections.deque[LiveJob] = collections.deque()
+        self._live: dict[str, LiveJob] = {}
+        self._running: LiveJob | None = None
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.draining = False
+        self.warmed = threading.Event()
+        self.load_error: Lift3dError | None = None
+        self._service_seconds: float | None = None
+        self._warmup_seconds: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="lift3d-gpu-worker", daemon=True)
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        return self.warmed.is_set() and not self.draining and self.load_error is None
+
+    def drain(self, grace_seconds: float) -> None:
+        """Stop taking jobs: queued ones fail ``shutting_down``; the running one gets ``grace_seconds``.
+
+        Blocking (call it off the event loop). Idempotent.
+        """
+        with self._cond:
+            self.draining = True
+            waiting = list(self._queue)
+            self._queue.clear()
+        for job in waiting:
+            self._end_unstarted(job, SHUTTING_DOWN, "the server shut down before the job started")
+        running = self._running
+        if running is not None:
+            log.info("draining: waiting up to %.0fs for job %s", grace_seconds, running.id)
+        deadline = time.monotonic() + grace_seconds
+        while self._running is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        running = self._running
+        if running is not None:
+            running.cancel.cancel(SHUTTING_DOWN)
+            log.warning("draining: grace period over, cancelling job %s", running.id)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            # A cancelled job stops at its next step; a stage that never checks is left behind.
+            self._thread.join(timeout=10.0)
+
+    # -- the edge's side -------------------------------------------------------
+
+    def submit(self, image: bytes, engine_options: JobOptions, **new_job: Any) -> tuple[JobRecord, bool]:
+        """Store and enqueue a job; returns ``(record, created)``.
+
+        ``new_job`` goes to ``DataLifecycle.new_job``. An Idempotency-Key replay returns
+        the existing job even when the queue is full. Raises ApiError 429/503.
+        """
+        key = new_job.get("idempotency_key")
+        if key is not None:
+            existing = self.lifecycle.store.find_by_idempotency_key(key)
+            if existing is not None and existing.request_hash == new_job.get("request_hash"):
+                return existing, False
+        with self._cond:
+            if self.draining:
+                self.metrics.jobs_rejected.labels(SHUTTING_DOWN).inc()
+                raise ApiError(503, SHUTTING_DOWN, "the server is shutting down", headers={"Retry-After": "30"})
+            if self.load_error is not None:
+                raise ApiError.from_lift3d(self.load_error)
+            if len(self._queue) >= self.settings.server.queue_size:
+                retry_after = self.retry_after_seconds()
+                self.metrics.jobs_rejected.labels("queue_full").inc()
+                raise ApiError(
+                    429,
+                    "queue_full",
+                    f"the queue is full ({self.settings.server.queue_size} jobs waiting); retry later",
+                    headers={"Retry-After": str(retry_after)},
+                    extra={"retry_after": retry_after},
+                )
+            record, created = self.lifecycle.new_job(**new_job)
+            if created:
+                deadline = time.monotonic() + self.settings.server.job_deadline_seconds
+                job = LiveJob(
+                    id=record.id, image=image, options=engine_options, deadline=deadline, cancel=CancelToken(deadline)
+                )
+                self._queue.append(job)
+                self._live[job.id] = job
+                self._cond.notify_all()
+                depth = len(self._queue)
+        if created:
+            log.info("job %s queued (%d bytes, queue depth %d)", record.id, len(image), depth)
+        return record, created
+
+    def live(self, job_id: str) -> LiveJob | None:
+        return self._live.get(job_id)
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1 for the next job to run, 0 while running, None once it is not in the queue."""
+        with self._cond:
+            if self._running is not None and self._running.id == job_id:
+                return 0
+            for index, job in enumerate(self._queue):
+                if job.id == job_id:
+                    return index + 1
+        return None
+
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def retry_after_seconds(self) -> int:
+        """When a queue slot should free: what is left of the running job, from measured service time."""
+        service = self._service_seconds or self._warmup_seconds or DEFAULT_SERVICE_SECONDS
+        running = self._running
+        remaining = service
+        if running is not None and running.run_started is not None:
+            remaining = service - (time.monotonic() - running.run_started)
+        return int(min(3600, max(1, math.ceil(remaining))))
+
+    def erase(self, job_id: str) -> bool:
+        """DELETE /v1/jobs/{id}: cancel if live, erase the record and every stored result."""
+        record = self.lifecycle.erase_job(job_id)
+        self._forget_live(job_id)
+        if record is not None:
+            log.info("job %s erased", job_id)
+        return record is not None
+
+    def erase_owner(self, owner: str) -> int:
+        records = self.lifecycle.erase_owner(owner)
+        for record in records:
+            self._forget_live(record.id)
+        return len(records)
+
+    def _forget_live(self, job_id: str) -> None:
+        with self._cond:
+            job = self._live.get(job_id)
+            if job is None:
+                return
+            if job in self._queue:
+                self._queue.remove(job)
+                self._live.pop(job_id, None)
+        job.image = None
+        job.cancel.cancel("the job was deleted")
+        job.status = "cancelled"
+        job.notify()
+
+    # -- the worker thread -----------------------------------------------------
+
+    def _work(self) -> None:
+        self._load_engine()
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job = self._queue.popleft()
+                self._running = job
+                job.run_started = time.monotonic()
+            try:
+                self._run(job)
+            finally:
+                job.image = None
+                with self._cond:
+                    self._running = None
+                    self._live.pop(job.id, None)
+
+    def _load_engine(self) -> None:
+        try:
+            started = time.monotonic()
+            self.engine.load()
+            self.engine.warmup()
+            self._warmup_seconds = time.monotonic() - started
+            self.warmed.set()
+            log.info("engine ready (load + warm-up %.1fs)", self._warmup_seconds)
+        except Lift3dError as error:
+            self.load_error = error
+            log.error("engine failed to load: %s", error.code)
+        except Exception as error:  # noqa: BLE001 - reported through /readyz and the failed jobs
+            self.load_error = EngineUnavailable(f"the engine failed to load ({type(error).__name__})")
+            log.exception("engine failed to load")
+
+    def _run(self, job: LiveJob) -> None:
+        if self.load_error is not None:
+            self._end_unstarted(job, self.load_error.code, self.load_error.message)
+            return
+        if time.monotonic() > job.deadline:
+            # Never touches the GPU: the job waited past its deadline.
+            self._end_unstarted(job, DeadlineExceeded.code, "the job waited in the queue past its deadline")
+            return
+        if self.lifecycle.start_job(job.id) is None:  # erased while it waited
+            return
+        self.metrics.queue_wait_seconds.observe(time.monotonic() - job.enqueued_at)
+        job.status = "running"
+        job.notify()
+        started = time.monotonic()
+        image, job.image = job.image, None
+        outcome: tuple[str, str, str] | None = None
+        record: JobRecord | None = None
+        try:
+            result = self.engine.run(image, job.options, progress=self._progress_handler(job), cancel=job.cancel)
+            image = None
+            record = self._publish(job, result)
+            for stage, seconds in result.timings.items():
+                self.metrics.stage_seconds.labels(stage).observe(seconds)
+        except JobCancelled:
+            if job.cancel.reason == SHUTTING_DOWN:
+                outcome = ("failed", SHUTTING_DOWN, "the server shut down before the job finished")
+            else:
+                outcome = ("cancelled", JobCancelled.code, "the job was cancelled")
+        except Lift3dError as error:  # typed failures, deadline_exceeded included
+            outcome = ("failed", error.code, error.message)
+        except Exception as error:  # noqa: BLE001 - a failed job, never a dead worker
+            log.exception("job %s failed unexpectedly (%s)", job.id, type(error).__name__)
+            outcome = ("failed", "internal_error", "internal error")
+        finally:
+            image = None
+        elapsed = time.monotonic() - started
+        self.metrics.job_seconds.observe(elapsed)
+        if outcome is None:
+            self._service_seconds = (
+                elapsed
+                if self._service_seconds is None
+                else (1 - SERVICE_TIME_SMOOTHING) * self._service_seconds + SERVICE_TIME_SMOOTHING * elapsed
+            )
+            self._ended(job, "succeeded", record)
+            log.info("job %s succeeded in %.2fs", job.id, elapsed)
+        else:
+            status, code, message = outcome
+            record = self.lifecycle.end_job(job.id, status, code, message, stage=job.stage)  # type: ignore[arg-type]
+            self._ended(job, status, record)
+            log.info("job %s %s in %.2fs (%s)", job.id, status, elapsed, code)
+
+    def _publish(self, job: LiveJob, result: JobResult) -> JobRecord | None:
+        """Store the results (encrypted) and mark the job succeeded; None if erased meanwhile."""
+        artifacts = {MODEL_FILE: result.glb}
+        views = views_png(result) if result.options.return_views else None
+        if views is not None:
+            artifacts[VIEWS_FILE] = views
+        return self.lifecycle.publish(
+            job.id,
+            artifacts,
+            timings={k: round(v, 4) for k, v in result.timings.items()},
+            seed=result.seed,
+            options=msgspec.to_builtins(result.options),
+            result=result_summary(result),
+            weights_mode=result.weights_mode,
+            stage=job.stage,
+            progress=1.0,
+        )
+
+    def _progress_handler(self, job: LiveJob) -> Callable[[ProgressEvent], None]:
+        def on_progress(event: ProgressEvent) -> None:
+            stage_changed = event.stage != job.stage
+            job.stage, job.progress = event.stage, event.fraction
+            if stage_changed:
+                self.lifecycle.store.update(job.id, stage=event.stage)
+            job.notify()
+
+        return on_progress
+
+    def _end_unstarted(self, job: LiveJob, code: str, message: str) -> None:
+        job.image = None
+        record = self.lifecycle.end_job(job.id, "failed", code, message)
+        with self._cond:
+            self._live.pop(job.id, None)
+        self._ended(job, "failed", record)
+        log.info("job %s failed before it started (%s)", job.id, code)
+
+    def _ended(self, job: LiveJob, status: str, record: JobRecord | None) -> None:
+        job.status = status if record is not None else "cancelled"
+        job.notify()
+        if record is not None:
+            self.metrics.jobs_finished.labels(status).inc()
+            self.lifecycle.notify(job.id)
+
+
+class EngineUnavailable(Lift3dError):
+    code = "engine_unavailable"
+    http_status = 503
