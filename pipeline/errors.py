@@ -55,8 +55,20 @@ class TooManyPixels(InputError):
     code = "too_many_pixels"
 
 
+class NoForeground(InputError):
+    """Background removal found no object to frame."""
+
+    code = "no_foreground"
+
+
 class InvalidOption(InputError):
     code = "invalid_option"
+
+
+class EmptyReconstruction(InputError):
+    """The reconstructed density has no surface at the iso-level: no object the model could see."""
+
+    code = "empty_reconstruction"
 
 
 class JobCancelled(Lift3dError):
