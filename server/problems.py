@@ -111,9 +111,12 @@ def _http_exception_handler(_: Request, exc: HTTPException) -> Response[dict[str
     if isinstance(exc, NotAuthorizedException):
         headers.setdefault("WWW-Authenticate", 'Bearer realm="lift3d"')
     if isinstance(exc, ValidationException):
-        # Litestar's validation detail names the parameter, never request bytes.
-        code = "invalid_option"
-        status = 422
+        # A typed query parameter Litestar refused: name it like our own option checks do.
+        status, code = 422, "invalid_option"
+        keys = [item.get("key") for item in exc.extra or [] if isinstance(item, dict)] if isinstance(exc.extra, list) else []
+        if len(keys) == 1 and isinstance(keys[0], str) and keys[0].isidentifier():
+            code = f"invalid_{keys[0]}"
+            return problem_response(status, code, f"option {keys[0]!r} has an invalid value", headers=headers)
     return problem_response(status, code, str(exc.detail), headers=headers)
 
 

@@ -10,7 +10,7 @@ import anyio
 import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
@@ -92,19 +92,19 @@ async def submit_job(
     state: State,
     idempotency_key: Annotated[
         str | None,
-        Parameter(header="Idempotency-Key", description="same key + same request = same job", max_length=200),
+        HeaderParameter(name="Idempotency-Key", description="same key + same request = same job", max_length=200),
     ] = None,
-    seed: Annotated[int | None, Parameter(query="seed", description="random seed (default: random)")] = None,
-    steps: Annotated[int | None, Parameter(query="steps", description="diffusion steps (1..200)")] = None,
-    guidance: Annotated[float | None, Parameter(query="guidance", description="classifier-free guidance (1..20)")] = None,
-    remove_background: Annotated[str | None, Parameter(query="remove_background", description="auto|on|off")] = None,
-    target_faces: Annotated[int | None, Parameter(query="target_faces", description="0 = keep all, else 500..2000000")] = None,
-    texture_size: Annotated[int | None, Parameter(query="texture_size", description="512..2048")] = None,
-    texture: Annotated[str | None, Parameter(query="texture", description="uv|vertex")] = None,
-    return_views: Annotated[bool | None, Parameter(query="return_views", description="also store views.png")] = None,
-    owner: Annotated[str | None, Parameter(query="owner", description="the web app's opaque user id")] = None,
-    retention_seconds: Annotated[int | None, Parameter(query="retention_seconds", description="result lifetime")] = None,
-    webhook_url: Annotated[str | None, Parameter(query="webhook_url", description="allow-listed URL told when the job ends")] = None,
+    seed: Annotated[int | None, QueryParameter(description="random seed (default: random)")] = None,
+    steps: Annotated[int | None, QueryParameter(description="diffusion steps (1..200)")] = None,
+    guidance: Annotated[float | None, QueryParameter(description="classifier-free guidance (1..20)")] = None,
+    remove_background: Annotated[str | None, QueryParameter(description="auto|on|off")] = None,
+    target_faces: Annotated[int | None, QueryParameter(description="0 = keep all, else 500..2000000")] = None,
+    texture_size: Annotated[int | None, QueryParameter(description="512..2048")] = None,
+    texture: Annotated[str | None, QueryParameter(description="uv|vertex")] = None,
+    return_views: Annotated[bool | None, QueryParameter(description="also store views.png")] = None,
+    owner: Annotated[str | None, QueryParameter(description="the web app's opaque user id")] = None,
+    retention_seconds: Annotated[int | None, QueryParameter(description="result lifetime")] = None,
+    webhook_url: Annotated[str | None, QueryParameter(description="allow-listed URL told when the job ends")] = None,
 ) -> Response[JobAccepted]:
     svc = services(state)
     cap = svc.settings.engine.decode.max_upload_bytes
@@ -160,7 +160,7 @@ def _validate_image(data: bytes, settings: Settings) -> None:
 
 
 @get("/v1/jobs/{job_id:str}", summary="A job's status, progress, timings and result", tags=["jobs"])
-async def get_job(job_id: str, state: State) -> JobView:
+async def get_job(job_id: FromPath[str], state: State) -> JobView:
     return _job_view(services(state), job_id)
 
 
@@ -170,7 +170,7 @@ async def get_job(job_id: str, state: State) -> JobView:
     summary="Cancel the job if it is active and erase it with its results",
     tags=["jobs"],
 )
-async def delete_job(job_id: str, state: State) -> None:
+async def delete_job(job_id: FromPath[str], state: State) -> None:
     manager = services(state).manager
     if not await anyio.to_thread.run_sync(manager.erase, job_id):
         raise ApiError(404, "not_found", "no such job")
@@ -195,7 +195,7 @@ async def _result_bytes(svc: Services, job_id: str, name: str) -> bytes:
     media_type=GLB_MEDIA_TYPE,
     tags=["jobs"],
 )
-async def get_model(job_id: str, state: State) -> Response[bytes]:
+async def get_model(job_id: FromPath[str], state: State) -> Response[bytes]:
     data = await _result_bytes(services(state), job_id, MODEL_FILE)
     return Response(
         data,
@@ -210,7 +210,7 @@ async def get_model(job_id: str, state: State) -> Response[bytes]:
     media_type="image/png",
     tags=["jobs"],
 )
-async def get_views(job_id: str, state: State) -> Response[bytes]:
+async def get_views(job_id: FromPath[str], state: State) -> Response[bytes]:
     data = await _result_bytes(services(state), job_id, VIEWS_FILE)
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
@@ -220,7 +220,7 @@ async def get_views(job_id: str, state: State) -> Response[bytes]:
     summary="Server-sent events: `status` and `progress` while active, then one `end` event",
     tags=["jobs"],
 )
-async def job_events(job_id: str, state: State) -> ServerSentEvent:
+async def job_events(job_id: FromPath[str], state: State) -> ServerSentEvent:
     svc = services(state)
     _job_view(svc, job_id)  # 404 before the stream starts
     return ServerSentEvent(_event_stream(svc, job_id), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -273,7 +273,7 @@ def _job_view_or_gone(svc: Services, job_id: str) -> JobView:
 
 
 @get("/v1/owners/{owner:str}/jobs", summary="Every live job of an owner", tags=["owners"])
-async def list_owner_jobs(owner: str, state: State) -> OwnerJobs:
+async def list_owner_jobs(owner: FromPath[str], state: State) -> OwnerJobs:
     svc = services(state)
     records = svc.manager.lifecycle.owner_jobs(owner)
     return OwnerJobs(owner=owner, jobs=[_job_view(svc, record.id) for record in records])
@@ -285,7 +285,7 @@ async def list_owner_jobs(owner: str, state: State) -> OwnerJobs:
     summary="Erase every job and result of an owner (account deletion)",
     tags=["owners"],
 )
-async def delete_owner(owner: str, state: State) -> None:
+async def delete_owner(owner: FromPath[str], state: State) -> None:
     await anyio.to_thread.run_sync(services(state).manager.erase_owner, owner)
 
 

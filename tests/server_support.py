@@ -7,7 +7,7 @@ overload, privacy and SIGTERM tests then do not depend on model speed.
 
 Run as a script it serves the fake engine, for subprocess tests::
 
-    python tests/server_support.py --work-seconds 2
+    python tests/server_support.py --seconds-per-step 0.1
 """
 
 from __future__ import annotations
@@ -50,18 +50,18 @@ def small_png(color: tuple[int, int, int] = (200, 60, 30), size: int = 64) -> by
 
 
 class TimedStage:
-    """Stands in for the model stages: ``seconds`` of work in small cancellable steps.
+    """Stands in for the model stages: ``seconds_per_step`` per diffusion step, cancellable at each.
 
-    ``gate``, when given, holds the stage at its first step until set (a test's
-    way to keep a job running exactly as long as it needs).
+    The job's ``steps`` option sets how long it runs (warm-up uses 2 steps). ``gate``,
+    when given, holds the stage at its first step until set, so a test can keep a
+    job running exactly as long as it needs.
     """
 
     name = "multiview"
     progress_weight = 0.9
 
-    def __init__(self, seconds: float = 0.2, steps: int = 10, gate: threading.Event | None = None) -> None:
-        self.seconds = seconds
-        self.steps = steps
+    def __init__(self, seconds_per_step: float = 0.02, gate: threading.Event | None = None) -> None:
+        self.seconds_per_step = seconds_per_step
         self.gate = gate
         self.calls = 0
 
@@ -72,13 +72,14 @@ class TimedStage:
         self.calls += 1
         assert job.image is not None, "decode must run first"
         job.views_grid = job.image
-        for step in range(self.steps):
+        steps = job.options.steps
+        for step in range(steps):
             while self.gate is not None and not self.gate.is_set():
                 ctx.check_cancelled()
                 time.sleep(0.01)
             ctx.check_cancelled()
-            time.sleep(self.seconds / self.steps)
-            ctx.report(step + 1, self.steps, "step")
+            time.sleep(self.seconds_per_step)
+            ctx.report(step + 1, steps, "step")
 
 
 class BoxFinishStage:
@@ -129,8 +130,10 @@ class GatedWarmupEngine(Engine):
         return super().warmup()
 
 
-def fake_engine(settings: Settings, *stages: Any, seconds: float = 0.2, gate: threading.Event | None = None) -> Engine:
-    chosen = list(stages) or [TimedStage(seconds, gate=gate), BoxFinishStage()]
+def fake_engine(
+    settings: Settings, *stages: Any, seconds_per_step: float = 0.02, gate: threading.Event | None = None
+) -> Engine:
+    chosen = list(stages) or [TimedStage(seconds_per_step, gate=gate), BoxFinishStage()]
     return Engine(settings.engine, [DecodeStage(), *chosen])
 
 
@@ -188,12 +191,12 @@ def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="serve lift3d with a fake engine (tests only)")
-    parser.add_argument("--work-seconds", type=float, default=0.5)
+    parser.add_argument("--seconds-per-step", type=float, default=0.05)
     args = parser.parse_args(argv)
     from server.main import serve
 
     settings = load_settings()
-    return serve(settings, fake_engine(settings, seconds=args.work_seconds))
+    return serve(settings, fake_engine(settings, seconds_per_step=args.seconds_per_step))
 
 
 if __name__ == "__main__":
