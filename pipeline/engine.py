@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from typing import Iterable
 
@@ -57,24 +58,34 @@ class Engine:
         self._spans = [stage.progress_weight / total_weight for stage in self.stages]
         self.loaded = False
         self.warmed = False
+        # Seconds each stage took to load its models (reported by /health and the CLI).
+        self.load_seconds: dict[str, float] = {}
+        self._load_lock = threading.Lock()
 
     @property
     def stage_names(self) -> list[str]:
         return [stage.name for stage in self.stages]
 
     def load(self) -> None:
-        for stage in self.stages:
-            started = time.perf_counter()
-            stage.load(self.runtime)
-            log.info("loaded stage %s in %.2fs", stage.name, time.perf_counter() - started)
-        self.loaded = True
+        """Load every stage's models once; concurrent callers wait for the first."""
+        with self._load_lock:
+            if self.loaded:
+                return
+            for stage in self.stages:
+                started = time.perf_counter()
+                stage.load(self.runtime)
+                self.load_seconds[stage.name] = time.perf_counter() - started
+                log.info("loaded stage %s in %.2fs", stage.name, self.load_seconds[stage.name])
+            self.loaded = True
 
     def warmup(self) -> JobResult:
         """Run one small job end to end so the first real request pays no compile or allocation cost."""
         if not self.loaded:
             self.load()
         steps = min(WARMUP_STEPS, self.settings.multiview.steps)
-        result = self.run(warmup_image_png(), JobOptions(seed=0, steps=steps, remove_background="off"))
+        # remove_background="on" so the segmentation session is exercised too (its first
+        # run allocates); the synthetic object always yields a mask.
+        result = self.run(warmup_image_png(), JobOptions(seed=0, steps=steps, remove_background="on"))
         self.warmed = True
         return result
 
@@ -107,7 +118,11 @@ class Engine:
                 ctx.report(0, 1, "started")
                 self.runtime.synchronize()
                 started = time.perf_counter()
-                stage.run(job, ctx)
+                try:
+                    stage.run(job, ctx)
+                except Exception as error:
+                    log.info("stage %s stopped the job: %s: %s", stage.name, type(error).__name__, error)
+                    raise
                 self.runtime.synchronize()
                 timings[stage.name] = time.perf_counter() - started
                 start_fraction += span

@@ -7,7 +7,7 @@ all just handlers. They never carry image bytes.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 from pipeline.errors import DeadlineExceeded, JobCancelled
@@ -58,11 +58,17 @@ class ProgressBus:
 
     def __init__(self, handlers: list[ProgressHandler] | None = None) -> None:
         self._handlers: list[ProgressHandler] = list(handlers or [])
+        self._high_water = 0.0
 
     def subscribe(self, handler: ProgressHandler) -> None:
         self._handlers.append(handler)
 
     def emit(self, event: ProgressEvent) -> None:
+        # A stage that reports a step twice (or restarts a sub-loop) must not move
+        # a client's progress bar backwards: fractions are clamped to be monotone.
+        if event.fraction < self._high_water:
+            event = replace(event, fraction=self._high_water)
+        self._high_water = event.fraction
         for handler in self._handlers:
             try:
                 handler(event)

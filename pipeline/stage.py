@@ -22,11 +22,17 @@ class StageContext:
     span: float
 
     def report(self, step: int, total: int, message: str = "") -> None:
-        """Report ``step`` of ``total`` done within this stage (diffusers' step-callback style)."""
+        """Report ``step`` of ``total`` done within this stage (diffusers' step-callback style).
+
+        Then checks the cancel token, so every stage that reports its steps stops
+        between them when cancelled (as ComfyUI's progress hook does): a
+        ``JobCancelled``/``DeadlineExceeded`` raised here unwinds the stage.
+        """
         total = max(total, 1)
         step = min(max(step, 0), total)
         fraction = self.start_fraction + self.span * step / total
         self.bus.emit(ProgressEvent(self.stage, step, total, round(fraction, 6), message))
+        self.cancel.raise_if_cancelled()
 
     def check_cancelled(self) -> None:
         self.cancel.raise_if_cancelled()
