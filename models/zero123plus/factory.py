@@ -1,0 +1,67 @@
+"""Build the Zero123++ pipeline for a weights mode: locked (real files), dummy (full size, random), tiny."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from models.zero123plus.components import (
+    FULL_CONFIG_DIR,
+    TINY_CONFIG_DIR,
+    build_random_components,
+    load_components,
+    swap_unet_weights,
+)
+from models.zero123plus.pipeline import Zero123PlusPipeline
+from models.zero123plus.preprocess import BACKGROUNDS
+
+# Paths inside the weights directory (docs: the weights layout contract).
+ZERO123PLUS_FOLDER = "sudo-ai/zero123plus-v1.2"
+INSTANTMESH_UNET_FILE = "TencentARC/InstantMesh/diffusion_pytorch_model.safetensors"
+
+# The grid the model was trained at: 3 rows x 2 columns of 320 px views.
+FULL_SIZE = (640, 960)
+# Tiny mode generates a quarter of the pixels (160 px views) so whole jobs stay fast on CPU;
+# the stage resizes the result to the 320 px contract.
+TINY_SIZE = (320, 480)
+TINY_SEED = 0
+DUMMY_SEED = 0
+
+Variant = Literal["instantmesh", "official"]
+
+
+@dataclass
+class MultiviewModel:
+    pipeline: Zero123PlusPipeline
+    width: int
+    height: int
+    info: dict[str, object] = field(default_factory=dict)
+
+
+def build_multiview_model(
+    mode: str, *, weights_dir: Path, variant: Variant, device: torch.device, dtype: torch.dtype
+) -> MultiviewModel:
+    background = BACKGROUNDS[variant]
+    if mode == "tiny":
+        components = build_random_components(TINY_CONFIG_DIR, device=device, dtype=dtype, seed=TINY_SEED)
+        info = {"model": "lift3d tiny Zero123++ (random weights)", "config": "models/zero123plus/configs/tiny"}
+        return MultiviewModel(Zero123PlusPipeline(components, background_rgb=background), *TINY_SIZE, info)
+    if mode == "dummy":
+        # Library initialisation on the target device, seeded without leaking into the process RNG.
+        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(DUMMY_SEED)
+            components = build_random_components(FULL_CONFIG_DIR, device=device, dtype=dtype, seed=None)
+        info = {"model": "Zero123++ v1.2 architecture (random weights)", "config": "models/zero123plus/configs/full"}
+        return MultiviewModel(Zero123PlusPipeline(components, background_rgb=background), *FULL_SIZE, info)
+    if mode == "locked":
+        components = load_components(Path(weights_dir) / ZERO123PLUS_FOLDER, device=device, dtype=dtype)
+        info: dict[str, object] = {"model": ZERO123PLUS_FOLDER}
+        if variant == "instantmesh":
+            swap_unet_weights(components.unet, Path(weights_dir) / INSTANTMESH_UNET_FILE)
+            info["unet"] = INSTANTMESH_UNET_FILE
+        return MultiviewModel(Zero123PlusPipeline(components, background_rgb=background), *FULL_SIZE, info)
+    raise ValueError(f"unknown weights mode {mode!r}")

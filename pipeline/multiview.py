@@ -1,0 +1,126 @@
+"""The multiview stage: the cut-out -> six views around the object (Zero123++ v1.2).
+
+Seeds: one CPU ``torch.Generator`` seeded with the job seed feeds both of the
+pipeline's noise streams, interleaved in the reference's order. That is the
+reference's protocol without an explicit generator (InstantMesh's run.py), so a
+job seed reproduces the same noise on any machine, device and dtype: every draw
+is float32 on the CPU and then moved to the GPU. The process RNG is never touched,
+so concurrent or successive jobs cannot leak randomness into each other.
+
+Tiny mode generates 160 px views (a 320x480 grid) and resizes them to the
+320 px contract, so CPU test jobs stay fast; locked and dummy modes generate the
+real 640x960 grid.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models.zero123plus.factory import MultiviewModel, build_multiview_model
+from models.zero123plus.views import VIEW_POSES
+from pipeline.errors import Lift3dError
+from pipeline.runtime import Runtime
+from pipeline.stage import StageContext
+from pipeline.state import JobState
+
+log = logging.getLogger("lift3d.multiview")
+
+VIEW_SIZE = 320
+GRID_SIZE = (2 * VIEW_SIZE, 3 * VIEW_SIZE)  # PIL (width, height)
+
+
+def lock_revisions(stage: str = "multiview") -> dict[str, str]:
+    """weights.lock's pinned revision (or status) per multiview artifact; empty if no lock is readable."""
+    try:
+        from lift3d.weights.lock import LockError, load_lock
+    except ImportError:
+        return {}
+    try:
+        lock = load_lock()
+    except (LockError, OSError):
+        return {}
+    return {
+        artifact.path: artifact.revision or (artifact.sha256 and f"sha256:{artifact.sha256}") or artifact.status
+        for artifact in lock.artifacts
+        if artifact.stage == stage
+    }
+
+
+def _views_to_contract(views: torch.Tensor) -> torch.Tensor:
+    if views.shape[-1] == VIEW_SIZE and views.shape[-2] == VIEW_SIZE:
+        return views.contiguous()
+    resized = F.interpolate(views, size=(VIEW_SIZE, VIEW_SIZE), mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp(0, 1)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class MultiviewStage:
+    name: ClassVar[str] = "multiview"
+    progress_weight: ClassVar[float] = 0.55
+
+    def __init__(self, model: MultiviewModel | None = None) -> None:
+        self.model = model
+        self._info: dict[str, object] = {}
+
+    def load(self, runtime: Runtime) -> None:
+        if self.model is None:
+            settings = runtime.settings
+            self.model = build_multiview_model(
+                settings.weights,
+                weights_dir=runtime.weights_dir,
+                variant=settings.multiview.variant,
+                device=runtime.device,
+                dtype=runtime.dtype,
+            )
+        self._info = {
+            **self.model.info,
+            "weights_mode": runtime.weights_mode,
+            "variant": runtime.settings.multiview.variant,
+            "dtype": str(runtime.dtype).removeprefix("torch."),
+            "generated_size": [self.model.width, self.model.height],
+            "noise": "one CPU float32 torch.Generator(seed) for both streams, reference draw order",
+        }
+        if runtime.weights_mode == "locked":
+            self._info["revisions"] = lock_revisions()
+
+    def run(self, job: JobState, ctx: StageContext) -> None:
+        if self.model is None:
+            raise Lift3dError("the multiview stage was run before load()")
+        condition = job.cutout if job.cutout is not None else job.condition
+        if condition is None:
+            raise Lift3dError("the multiview stage needs job.cutout or job.condition from the background stage")
+        options = job.options
+        steps = options.steps
+
+        def on_step_end(_pipeline, index: int, _timestep: float, tensors: dict) -> dict:
+            ctx.report(index + 1, steps, f"denoising step {index + 1}/{steps}")
+            ctx.check_cancelled()
+            return tensors
+
+        ctx.check_cancelled()
+        output = self.model.pipeline(
+            condition,
+            num_inference_steps=steps,
+            guidance_scale=options.guidance,
+            width=self.model.width,
+            height=self.model.height,
+            generator=torch.Generator("cpu").manual_seed(options.seed),
+            callback_on_step_end=on_step_end,
+        )
+        job.views = _views_to_contract(output.views).float().cpu()
+        job.views_grid = output.grid if output.grid.size == GRID_SIZE else output.grid.resize(GRID_SIZE, Image.BICUBIC)
+        job.view_poses = [pose.as_dict() for pose in VIEW_POSES]
+        if options.return_views:
+            job.previews["views"] = _png(job.views_grid)
+        job.metadata["multiview"] = {**self._info, "seed": options.seed, "steps": steps, "guidance": options.guidance}
