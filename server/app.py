@@ -33,6 +33,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
     worker thread (which loads and warms the models while /readyz says 503), and
     drains on shutdown.
     """
+    # Pillow logs EXIF tag values at DEBUG: uploaded metadata must not reach logs at any level.
+    logging.getLogger("PIL").setLevel(logging.WARNING)
     keys = resolve_api_keys(settings)
     engine = engine if engine is not None else Engine(settings.engine)
     lifecycle = DataLifecycle(settings.storage)

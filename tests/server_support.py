@@ -144,6 +144,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "engine__device": "cpu",
         "engine__weights": "tiny",
         "server__sse_keepalive_seconds": 0.5,
+        "server__shutdown_grace_seconds": 5.0,
     }
     base.update(overrides)
     return load_settings({}, **base)
