@@ -5,6 +5,10 @@ been judged: byte cap -> magic bytes -> header dimensions (pixel cap and
 decompression-bomb ratio) -> decode of the first frame -> EXIF orientation ->
 ICC to sRGB -> mode normalisation. Every failure is a typed ``InputError``.
 
+The pixel cap bounds the *decoded* bitmap. A JPEG over it (a 48 MP phone photo)
+is decoded by libjpeg at 1/2, 1/4 or 1/8 scale when that fits, since JPEG can
+downscale in the DCT domain for free; PNG and WebP over the cap are refused.
+
 GIF is rejected (415): the issue allows PNG, JPEG and WebP, GIF is a 256-colour
 format that no phone or camera produces for photos, and keeping its decoder out
 shrinks the attack surface. Animated input is covered by animated WebP (and
@@ -97,7 +101,7 @@ def decode_image(data: bytes, settings: DecodeSettings) -> Image.Image:
     harden_pillow(settings.max_pixels)
     fmt = sniff_format(data)
     image = _open_header(data, fmt)
-    _check_pixels(image.size, len(data), settings.max_pixels)
+    _check_pixels(image, fmt, len(data), settings.max_pixels)
     frame = _decode_first_frame(image, data, fmt)
     frame = _upright(frame)
     return _normalise(frame)
@@ -110,8 +114,9 @@ def _open_header(data: bytes, fmt: str) -> Image.Image:
         raise _decode_error(data, fmt, error) from error
 
 
-def _check_pixels(size: tuple[int, int], nbytes: int, max_pixels: int) -> None:
-    width, height = size
+def _check_pixels(image: Image.Image, fmt: str, nbytes: int, max_pixels: int) -> None:
+    """Refuse over-cap images from their header; a JPEG may instead be decoded at a reduced scale."""
+    width, height = image.size
     pixels = width * height
     if pixels <= 0:
         raise UndecodableImage(f"the image header declares an empty size {width}x{height}")
@@ -122,7 +127,24 @@ def _check_pixels(size: tuple[int, int], nbytes: int, max_pixels: int) -> None:
             f"a {nbytes}-byte file declaring {width}x{height} pixels would expand "
             f"{pixels * 4 // nbytes}x when decoded; refused as a decompression bomb"
         )
+    if fmt == "JPEG" and _draft_under_cap(image, max_pixels):
+        return
     raise TooManyPixels(f"the image is {width}x{height} = {pixels} pixels; the limit is {max_pixels}")
+
+
+def _draft_under_cap(image: Image.Image, max_pixels: int) -> bool:
+    """Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale (in the DCT domain: the full-size
+    bitmap is never allocated) so the decoded image fits the cap. 48-200 MP phone photos
+    become usable this way; the pipeline works at 320 px anyway."""
+    width, height = image.size
+    for scale in (2, 4, 8):
+        if -(-width // scale) * -(-height // scale) <= max_pixels:
+            image.draft(image.mode, (width // scale, height // scale))
+            fits = image.size[0] * image.size[1] <= max_pixels
+            if fits:
+                log.info("decoding a %dx%d JPEG at 1/%d scale: %dx%d", width, height, scale, *image.size)
+            return fits
+    return False
 
 
 def _decode_first_frame(image: Image.Image, data: bytes, fmt: str) -> Image.Image:

@@ -235,3 +235,16 @@ def test_pillow_bomb_limit_is_our_cap_and_its_warning_an_error():
         Image.open(io.BytesIO(encode(noise_rgb(90, 90), "PNG")))
     decode_image(encode(gradient_rgb(), "PNG"), SETTINGS)
     assert Image.MAX_IMAGE_PIXELS == SETTINGS.max_pixels
+
+
+def test_an_over_cap_jpeg_is_decoded_at_a_reduced_scale_that_fits():
+    source = gradient_rgb(400, 300)  # 120,000 pixels; the cap below allows 1/2 scale (30,000)
+    data = encode(source, "JPEG", quality=90)
+    assert 120_000 * 4 < 100 * len(data)  # an honest file, not a bomb by its ratio
+    image = decode_image(data, DecodeSettings(max_pixels=40_000))
+    assert image.size == (200, 150)
+    # Still the same picture: the gradient matches a plain downscale of the source.
+    assert mean_abs_diff(image, source.resize((200, 150), Image.Resampling.BOX)) < 4
+    # Even 1/8 scale would not fit: refused.
+    with pytest.raises(errors.TooManyPixels):
+        decode_image(encode(source, "JPEG", quality=90), DecodeSettings(max_pixels=1_000))
