@@ -53,9 +53,12 @@ class RembgSegmenter:
         self._session = load_session(weights_dir, model, prefer_cuda=prefer_cuda)
 
     def mask(self, image: Image.Image) -> Image.Image:
-        import rembg
-
-        return rembg.remove(image.convert("RGB"), session=self._session, only_mask=True)
+        # The session's predict() rather than rembg.remove(): remove() re-applies EXIF
+        # orientation (decode already did) and stacks multi-mask outputs vertically.
+        masks = self._session.predict(image.convert("RGB"))
+        combined = np.maximum.reduce([np.asarray(m.convert("L")) for m in masks])
+        mask = Image.fromarray(combined)
+        return mask if mask.size == image.size else mask.resize(image.size, Image.Resampling.BILINEAR)
 
 
 class BorderColourSegmenter:
