@@ -1,0 +1,249 @@
+"""The benchmark harness: exact bookkeeping on fake stages, then both benchmarks end to end on CPU.
+
+The smoke runs use the real tiny engine and the real ``lift3d serve`` at toy sizes and
+write to a temporary folder; their numbers are not results, their fields are checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks import bench_http, bench_pipeline, common
+from benchmarks.configs import PRESETS, parse_config
+from benchmarks.tables import fmt, http_markdown, pipeline_markdown
+from lift3d.settings import load_settings
+from pipeline.runtime import Runtime
+from pipeline.stage import StageContext
+from pipeline.state import JobState
+
+STAGES = ["decode", "background", "multiview", "reconstruct", "finish"]
+MATMUL = (16, 32, 24)  # m, k, n of the fake multiview's per-step matmul
+ATTENTION = (1, 2, 8, 4)  # batch, heads, tokens, head dim of its attention
+
+
+def _expected_step_flops() -> int:
+    m, k, n = MATMUL
+    b, h, s, d = ATTENTION
+    return 2 * m * k * n + 4 * b * h * s * s * d  # QK^T and AV are each 2*b*h*s*s*d
+
+
+class FakeDecode:
+    name = "decode"
+    progress_weight = 1.0
+
+    def load(self, runtime: Runtime) -> None:
+        pass
+
+    def run(self, job: JobState, ctx: StageContext) -> None:
+        job.image = len(job.input_bytes or b"")
+
+
+class FakeMultiview:
+    """One matmul and one attention per diffusion step: FLOPs known exactly."""
+
+    name = "multiview"
+    progress_weight = 5.0
+
+    def load(self, runtime: Runtime) -> None:
+        self.weight = torch.randn(MATMUL[1], MATMUL[2])
+
+    def run(self, job: JobState, ctx: StageContext) -> None:
+        x = torch.randn(MATMUL[0], MATMUL[1])
+        q = torch.randn(*ATTENTION)
+        for step in range(job.options.steps):
+            x[:, : MATMUL[2]] = (x @ self.weight)[:, : MATMUL[2]].tanh()
+            q = F.scaled_dot_product_attention(q, q, q)
+            ctx.report(step + 1, job.options.steps)
+        job.views = x
+
+
+class FakeFinish:
+    name = "finish"
+    progress_weight = 1.0
+
+    def load(self, runtime: Runtime) -> None:
+        pass
+
+    def run(self, job: JobState, ctx: StageContext) -> None:
+        job.glb = b"glTF"
+
+
+def _fake_stages(settings: Any) -> list[Any]:
+    return [FakeDecode(), FakeMultiview(), FakeFinish()]
+
+
+def test_summarize_percentiles() -> None:
+    stats = common.summarize(range(1, 11))
+    assert stats["n"] == 10 and stats["median"] == 5.5
+    assert stats["p90"] == pytest.approx(np.percentile(np.arange(1, 11), 90))
+    assert common.summarize([])["median"] is None
+
+
+def test_config_specs() -> None:
+    assert parse_config("baseline", 75) == PRESETS["baseline"]
+    assert (PRESETS["baseline"].dtype, PRESETS["baseline"].steps) == ("float16", 75)
+    changed = parse_config("baseline:steps=2,dtype=float32", 75).to_json()
+    assert changed["steps"] == 2 and changed["dtype"] == "float32"
+    assert changed["changes_from_preset"] == {"steps": 2, "dtype": "float32"}
+    assert "changed" in changed["description"]
+    custom = parse_config("grid:reconstruct.grid_resolution=64", 28)
+    assert custom.steps == 28 and custom.engine_overrides()["engine.reconstruct.grid_resolution"] == 64
+    for bad in ("baseline:steps", ":steps=2", "x:dtype=int8"):
+        with pytest.raises(ValueError):
+            parse_config(bad, 75)
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The harness on fake stages with known work: baseline, half the steps, and a broken configuration."""
+    photo = tmp_path_factory.mktemp("photos")
+    (photo / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 64)
+    settings = load_settings({}, engine__weights="tiny", engine__device="cpu")
+    run = bench_pipeline.PipelineRun(
+        settings=settings, images=common.list_images(photo, 2), repeats=2,
+        stage_factory=_fake_stages, matmul_size=128, copy_megabytes=4,
+    )
+    configs = [
+        parse_config("baseline:dtype=float32,steps=6", 75),
+        parse_config("fast:dtype=float32,steps=3", 75),
+        parse_config("broken:no_such_setting=1", 75),
+    ]
+    return bench_pipeline.run_pipeline_benchmark(configs, "baseline", run, argv=["test"], smoke=True)
+
+
+def test_harness_bookkeeping_is_exact(fake_run: dict[str, Any]) -> None:
+    """FLOPs, floors, fractions and speedups follow from the measured numbers, on stages with known work."""
+    document = fake_run
+    json.dumps(document, allow_nan=False)
+
+    peak = document["device_peaks"]["matmul"]["float32"]["flops_per_second"]
+    baseline, fast, broken = document["configs"]
+    # A failing configuration (here a typo; on a GPU, an OOM) is recorded and the rest still run.
+    assert "no_such_setting" in broken["error"] and "stages" not in broken
+    assert fast["engine_reused"] is True  # same settings, only the steps differ: loaded once
+    for entry, steps in ((baseline, 6), (fast, 3)):
+        multiview = entry["stages"]["multiview"]
+        assert multiview["flops"] == steps * _expected_step_flops()
+        assert multiview["latency_s"]["n"] == 4
+        assert multiview["floor_s"] == pytest.approx(multiview["flops"] / peak)
+        assert multiview["floor_fraction"] == pytest.approx(multiview["floor_s"] / multiview["latency_s"]["median"])
+        assert entry["stages"]["decode"]["flops"] == 0 and entry["stages"]["decode"]["floor_s"] is None
+        assert entry["total"]["flops"] == multiview["flops"]
+        assert [s["image"] for s in entry["samples"]] == ["a.png", "a.png"] * 2
+    for name in ("decode", "multiview", "finish"):
+        assert baseline["stages"][name]["speedup_vs_baseline"] == 1.0
+        assert fast["stages"][name]["speedup_vs_baseline"] == pytest.approx(
+            baseline["stages"][name]["latency_s"]["median"] / fast["stages"][name]["latency_s"]["median"]
+        )
+    markdown = pipeline_markdown(document)
+    assert "| fast | multiview |" in markdown and "Smoke run" in markdown and "failed: KeyError" in markdown
+
+
+def test_readme_block_comes_only_from_committed_results(fake_run: dict[str, Any], tmp_path: Path) -> None:
+    from benchmarks import render_readme_table as readme
+
+    document = json.loads(json.dumps(fake_run))
+    path = tmp_path / "pipeline-tiny-cpu-test.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="smoke"):
+        readme.render_block([path])
+    document["smoke"] = False
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="not committed"):
+        readme.render_block([path])
+    block = readme.render_block([path], allow_uncommitted=True)
+    median = document["configs"][0]["total"]["latency_s"]["median"]
+    assert "pipeline-tiny-cpu-test.json" in block and fmt(median) in block
+    text = readme.replace_block(f"intro\n{readme.START}\nold numbers\n{readme.END}\noutro\n", block)
+    assert "old numbers" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+
+
+def _only_json(folder: Path, prefix: str) -> dict[str, Any]:
+    files = sorted(folder.glob(f"{prefix}*.json"))
+    assert len(files) == 1, files
+    assert files[0].with_suffix(".md").is_file()
+    return json.loads(files[0].read_text())
+
+
+def _check_environment(document: dict[str, Any]) -> None:
+    env = document["environment"]
+    assert env["date_utc"].endswith("+00:00")
+    assert env["command"].startswith("python -m benchmarks.")
+    assert env["device"]["type"] == "cpu" and env["device"]["name"]
+    assert "driver" in env["device"]
+    assert env["versions"]["torch"] and env["versions"]["diffusers"]
+    assert len(env["git"]["commit"] or "") == 40
+    assert document["smoke"] is True and document["schema_version"] == common.SCHEMA_VERSION
+
+
+@pytest.mark.shared
+@pytest.mark.timeout(300)
+def test_bench_pipeline_smoke_tiny_engine(tmp_path: Path, u2netp_weights_dir: Path, shared_images: list[Path]) -> None:
+    torch.set_num_threads(2)
+    code = bench_pipeline.main([
+        "--images", str(shared_images[0].parent), "-n", "2", "--weights", "tiny", "--device", "cpu",
+        "--weights-dir", str(u2netp_weights_dir), "--warmup", "0",
+        "--config", "baseline:dtype=float32,steps=2", "--config", "fewer-steps:dtype=float32,steps=1",
+        "--matmul-size", "256", "--copy-mb", "16", "--out", str(tmp_path), "--smoke",
+    ])
+    assert code == 0
+    document = _only_json(tmp_path, "smoke-pipeline-tiny-cpu-")
+    _check_environment(document)
+    assert document["weights"] == "tiny" and document["baseline"] == "baseline"
+    assert document["device_peaks"]["matmul"]["float32"]["flops_per_second"] > 0
+    assert document["device_peaks"]["copy"]["bytes_per_second"] > 0
+    baseline, fewer = document["configs"]
+    for entry in (baseline, fewer):
+        assert "error" not in entry, entry.get("traceback")
+        assert list(entry["stages"]) == STAGES
+        for name, stage in entry["stages"].items():
+            latency = stage["latency_s"]
+            assert latency["n"] == 2 and 0 < latency["median"] <= latency["p90"], name
+            assert stage["peak_rss_bytes"] > 0 and stage["peak_gpu_bytes"] is None
+            assert stage["speedup_vs_baseline"] > 0
+        for name in ("multiview", "reconstruct"):  # torch stages: counted, with a floor
+            assert entry["stages"][name]["flops"] > 0
+            assert 0 < entry["stages"][name]["floor_fraction"]
+        assert entry["total"]["flops"] == sum(s["flops"] for s in entry["stages"].values())
+        assert entry["throughput_jobs_per_min"] > 0
+    # One fewer denoising step is less arithmetic, counted in the same run.
+    assert fewer["stages"]["multiview"]["flops"] < baseline["stages"]["multiview"]["flops"]
+    assert baseline["total"]["speedup_vs_baseline"] == 1.0
+
+
+@pytest.mark.shared
+@pytest.mark.timeout(300)
+def test_bench_http_smoke_real_server(tmp_path: Path, u2netp_weights_dir: Path, shared_images: list[Path]) -> None:
+    # Queue size 1 and four clients: one job runs, one waits, the rest must see 429s.
+    code = bench_http.main([
+        "--images", str(shared_images[0].parent), "-n", "2", "--weights", "tiny", "--device", "cpu",
+        "--weights-dir", str(u2netp_weights_dir), "--queue-size", "1", "--levels", "1,4", "--window", "2",
+        "--steps", "1", "--warmup", "1", "--out", str(tmp_path), "--smoke",
+    ])
+    assert code == 0
+    document = _only_json(tmp_path, "smoke-http-tiny-cpu-")
+    _check_environment(document)
+    server = document["server"]
+    assert server["started_by_bench"] and server["exit_code"] == 0 and server["queue_size"] == 1
+    assert server["weights"] == "tiny" and server["startup_s"] > 0
+    single, crowded = document["levels"]
+    assert (single["concurrency"], crowded["concurrency"]) == (1, 4)
+    for level in (single, crowded):
+        assert level["succeeded"] >= 1 and level["failed"] == 0 and level["server_errors_5xx"] == 0
+        assert level["throughput_jobs_per_min"] > 0
+        assert 0 < level["latency_s"]["median"] <= level["latency_s"]["p95"]
+        assert level["queue_wait_s"]["n"] == level["service_s"]["n"] == level["succeeded"]
+        assert level["service_s"]["median"] > 0 and level["queue_wait_s"]["min"] >= 0
+        assert sorted(level["server_stage_s"]) == sorted(STAGES)  # the job records' per-stage timings
+        assert level["gpu_utilization"]["available"] is False and level["gpu_utilization"]["reason"]
+        assert level["server_process"]["peak_rss_bytes"] > 0
+    assert single["rate_429"] == 0.0
+    assert crowded["rejected_429"] > 0 and crowded["rate_429"] == crowded["rejected_429"] / crowded["attempts"]
+    assert "| 4 |" in http_markdown(document)
