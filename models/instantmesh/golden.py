@@ -37,24 +37,57 @@ def index_to_world(vertices: np.ndarray, resolution: int) -> np.ndarray:
     return vertices / (resolution - 1) * 2 - 1
 
 
-def same_mesh_unordered(
-    name: str, vertices: np.ndarray, faces: np.ndarray, ref_vertices: np.ndarray, ref_faces: np.ndarray, atol: float
-) -> TensorCheck:
-    """Order-independent mesh equality: equal counts, every vertex within atol of one of the reference's, same triangles."""
-    from scipy.spatial import cKDTree
+def edge_keys(vertices: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Index-space marching-cubes vertices -> id of the grid edge each lies on.
 
-    tolerance = f"unordered atol={atol:g}"
+    Marching cubes makes one vertex per crossing edge, so the edge is a vertex's identity,
+    robust where two vertices on neighbouring edges nearly coincide.
+    """
+    axis = np.abs(vertices - np.round(vertices)).argmax(axis=1)
+    lattice = np.round(vertices).astype(np.int64)
+    rows = np.arange(len(vertices))
+    lattice[rows, axis] = np.floor(vertices[rows, axis]).astype(np.int64)
+    return ((axis * shape[0] + lattice[:, 0]) * shape[1] + lattice[:, 1]) * shape[2] + lattice[:, 2]
+
+
+def canonical_triangles(faces: np.ndarray) -> set[tuple[int, ...]]:
+    """Triangles as vertex cycles rotated to start at the smallest id: order-free, winding kept."""
+    start = faces.argmin(axis=1)
+    rolled = np.stack([faces[np.arange(len(faces)), (start + k) % 3] for k in range(3)], axis=1)
+    return set(map(tuple, rolled.tolist()))
+
+
+def same_mesh_unordered(
+    name: str,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    ref_vertices: np.ndarray,
+    ref_faces: np.ndarray,
+    *,
+    grid_shape: tuple[int, ...],
+    atol: float,
+) -> TensorCheck:
+    """Order-independent equality of two index-space marching-cubes meshes of one grid.
+
+    Equal counts, vertices paired by grid edge and within ``atol`` (index units), and the
+    same triangles with the same winding.
+    """
+    tolerance = f"unordered atol={atol:g} voxel"
     if len(vertices) != len(ref_vertices) or len(faces) != len(ref_faces):
-        return TensorCheck(name, False, float("inf"), tolerance, f"counts {len(vertices)}/{len(faces)} vs {len(ref_vertices)}/{len(ref_faces)}")
+        detail = f"counts {len(vertices)}/{len(faces)} vs {len(ref_vertices)}/{len(ref_faces)}"
+        return TensorCheck(name, False, float("inf"), tolerance, detail)
     if len(vertices) == 0:
         return TensorCheck(name, True, 0.0, tolerance)
-    distance, match = cKDTree(ref_vertices).query(vertices)
-    max_err = float(distance.max())
-    if max_err > atol or len(set(match.tolist())) != len(ref_vertices):
-        return TensorCheck(name, False, max_err, tolerance, "vertices do not pair up")
-    ours = {tuple(sorted(match[face].tolist())) for face in faces}
-    theirs = {tuple(sorted(face)) for face in ref_faces.tolist()}
-    return TensorCheck(name, ours == theirs, max_err, tolerance, "" if ours == theirs else f"{len(ours ^ theirs)} triangles differ")
+    keys, ref_keys = edge_keys(vertices, grid_shape), edge_keys(ref_vertices, grid_shape)
+    ref_order = np.argsort(ref_keys)
+    slot = np.searchsorted(ref_keys[ref_order], keys).clip(0, len(ref_keys) - 1)
+    match = ref_order[slot]
+    if not np.array_equal(ref_keys[match], keys) or len(np.unique(match)) != len(match):
+        return TensorCheck(name, False, float("inf"), tolerance, "vertices lie on different grid edges")
+    max_err = float(np.abs(vertices - ref_vertices[match]).max())
+    same = canonical_triangles(match[faces]) == canonical_triangles(ref_faces)
+    ok = same and max_err <= atol
+    return TensorCheck(name, ok, max_err, tolerance, "" if same else "triangles differ")
 
 
 class CaseRun:
@@ -146,14 +179,16 @@ def mesh_cross_checks(run: CaseRun, tensors: dict[str, Any]) -> list[TensorCheck
         exact("mesh_faces[pymcubes on recorded grid]", faces, ref_faces),
     ]
     t_vertices, t_faces = marching_cubes_torch(grid, level)
+    ref_index = (ref_vertices + 1) / 2 * (resolution - 1)
     checks.append(
         same_mesh_unordered(
             "mesh[torch marching cubes on recorded grid]",
-            index_to_world(t_vertices.numpy(), resolution),
+            t_vertices.numpy(),
             t_faces.numpy(),
-            ref_vertices,
+            ref_index,
             ref_faces,
-            atol,
+            grid_shape=tuple(grid.shape),
+            atol=atol * (resolution - 1) / 2,
         )
     )
     return checks
