@@ -15,7 +15,7 @@ from lift3d.settings import EngineSettings
 from pipeline import errors
 from pipeline.background import BackgroundStage, BorderColourSegmenter
 from pipeline.decode import DecodeStage
-from pipeline.engine import Engine, warmup_image_png
+from pipeline.engine import Engine
 from pipeline.events import CancelToken, ProgressEvent
 from pipeline.options import JobOptions
 from pipeline.runtime import Runtime
