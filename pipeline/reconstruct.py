@@ -94,6 +94,23 @@ def make_color_query(field: TriplaneField, planes: torch.Tensor, chunk: int) -> 
     return color_query
 
 
+class SubSteps:
+    """Times each sub-step (CUDA-synchronised), reports it, then honours a pending cancellation."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        self.ctx.runtime.synchronize()
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._last, 4)
+        self._last = now
+        self.ctx.report(SUBSTEPS.index(name) + 1, len(SUBSTEPS), name)
+        self.ctx.check_cancelled()
+
+
 class ReconstructStage:
     name: ClassVar[str] = "reconstruct"
     progress_weight: ClassVar[float] = 1.0
@@ -142,25 +159,14 @@ class ReconstructStage:
         assert model is not None
         settings = runtime.settings.reconstruct
         device = runtime.device
-        total = len(SUBSTEPS)
-        timings: dict[str, float] = {}
-        clock = [time.perf_counter()]
-
-        def finish(step: int) -> None:
-            runtime.synchronize()
-            now = time.perf_counter()
-            timings[SUBSTEPS[step]] = round(now - clock[0], 4)
-            clock[0] = now
-            ctx.report(step + 1, total, SUBSTEPS[step])
-            ctx.check_cancelled()
-
+        substeps = SubSteps(ctx)
         images = self._views(job, device, settings.views)
         cameras = zero123plus_cameras(1, views=settings.views).to(device)
         tokens = model.encode(images, cameras)
-        finish(0)
+        substeps.done("encode")
         planes = model.planes_from_tokens(tokens, 1)
         del tokens
-        finish(1)
+        substeps.done("transformer")
 
         resolution = self.grid_resolution(settings)
         chunk = settings.color_query_chunk
@@ -169,7 +175,7 @@ class ReconstructStage:
         if runtime.weights_mode != "locked":
             grid = close_at_border(grid, level)
             rule += ", closed at the grid border"
-        finish(2)
+        substeps.done("grid query")
 
         vertices, faces, backend = marching_cubes(grid, level)
         del grid
@@ -179,10 +185,10 @@ class ReconstructStage:
                 "the views show no object the model recognises"
             )
         world = (vertices.to(device) / (resolution - 1) * 2 - 1).float()
-        finish(3)
+        substeps.done("marching cubes")
 
         vertex_rgb = model.synthesizer.rgb(planes, world.unsqueeze(0), chunk=chunk)[0].clamp(0.0, 1.0)
-        finish(4)
+        substeps.done("colour query")
 
         job.mesh = ReconstructedMesh(
             vertices=world.cpu().numpy(),
@@ -202,7 +208,7 @@ class ReconstructStage:
             "marching_cubes": backend,
             "vertices": int(len(world)),
             "faces": int(len(faces)),
-            "timings": timings,
+            "timings": substeps.timings,
         }
         if self.load_report is not None and self.load_report.dropped:
             record["checkpoint_dropped_keys"] = list(self.load_report.dropped)
