@@ -248,3 +248,20 @@ def test_an_over_cap_jpeg_is_decoded_at_a_reduced_scale_that_fits():
     # Even 1/8 scale would not fit: refused.
     with pytest.raises(errors.TooManyPixels):
         decode_image(encode(source, "JPEG", quality=90), DecodeSettings(max_pixels=1_000))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_an_embedded_icc_profile_is_applied(mode, monkeypatch):
+    from PIL import ImageCms
+
+    calls = []
+    real_transform = ImageCms.profileToProfile
+    monkeypatch.setattr(ImageCms, "profileToProfile", lambda *a, **k: calls.append(a[0].mode) or real_transform(*a, **k))
+    source = gradient_rgb().convert(mode)
+    if mode == "RGBA":
+        source.putalpha(128)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    image = decode_image(encode(source, "PNG", icc_profile=srgb), SETTINGS)
+    assert image.mode == mode and calls == [mode]
+    # sRGB -> sRGB: the transform runs and changes (almost) nothing.
+    assert mean_abs_diff(image, source) < 1.5
