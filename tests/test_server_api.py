@@ -444,3 +444,19 @@ def test_cors_is_off_by_default_and_settable(tmp_path: Path, api: Api) -> None:
     with TestClient(create_app(settings, fake_engine(settings))) as client:
         allowed = client.get("/healthz", headers=origin)
         assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+
+
+def test_drain_fails_queued_jobs_and_cancels_the_running_one_after_the_grace(api: Api) -> None:
+    api.gate.clear()
+    running = api.submit(steps=5).json()["id"]
+    api.wait_status(running, {"running"})
+    queued = api.submit(steps=5).json()["id"]
+    started = time.monotonic()
+    api.manager.drain(0.3)
+    assert time.monotonic() - started < 5
+    assert api.client.get("/readyz").json()["detail"] == "draining"
+    refused = api.submit(steps=2)
+    assert (refused.status_code, refused.json()["code"]) == (503, "shutting_down")
+    for job_id in (running, queued):
+        job = api.job(job_id)
+        assert (job["status"], job["error"]["code"]) == ("failed", "shutting_down"), job_id
