@@ -12,6 +12,7 @@ nothing about the owner, the request or the result remains.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 import threading
@@ -160,6 +161,8 @@ class JobStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Created private before SQLite opens it: its -wal and -shm files copy these permissions.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
         # Autocommit mode; multi-statement changes use explicit BEGIN IMMEDIATE.
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
@@ -171,7 +174,6 @@ class JobStore:
             # Erased rows are overwritten with zeros rather than left in free pages.
             self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
-        self.path.chmod(0o600)
 
     @classmethod
     def in_data_dir(cls, data_path: Path | str) -> "JobStore":

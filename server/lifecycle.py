@@ -60,6 +60,8 @@ class DataLifecycle:
         self.notifier = WebhookNotifier(settings, self.store, client=http_client, base_url=base_url)
         self.sweeper = retention.RetentionSweeper(self.store, self.results, settings.sweep_interval_seconds, clock)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Jobs the previous process left unfinished: their webhooks go out once the loop runs.
+        self._interrupted_ids: list[str] = []
 
     # -- start-up and shutdown ---------------------------------------------
 
@@ -69,14 +71,19 @@ class DataLifecycle:
         interrupted = self.store.mark_interrupted(now)
         if interrupted:
             log.warning("%d job(s) were interrupted by the previous shutdown", len(interrupted))
+        self._interrupted_ids = [record.id for record in interrupted if record.webhook_url]
         retention.sweep_orphans(self.store, self.results)
         retention.sweep_expired(self.store, self.results, now)
         return interrupted
 
     def start(self) -> None:
-        """On the event loop: start the retention sweeper and remember the loop for ``notify``."""
+        """On the event loop: start the sweeper, remember the loop for ``notify``, and send the
+        webhooks of jobs that ``recover`` found interrupted (their receivers are waiting too)."""
         self._loop = asyncio.get_running_loop()
         self.sweeper.start()
+        for job_id in self._interrupted_ids:
+            self.notifier.schedule(job_id)
+        self._interrupted_ids = []
 
     async def aclose(self, webhook_grace_seconds: float = 10.0) -> None:
         await self.sweeper.stop()

@@ -41,9 +41,12 @@ def make(store: JobStore, *, owner: str | None = "alice", now: float = 1000.0, *
 
 
 def test_database_is_wal_and_private(store: JobStore) -> None:
+    make(store)
     db = sqlite3.connect(store.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store.path.stat().st_mode & 0o777 == 0o600
+    files = list(store.path.parent.glob("jobs.sqlite3*"))
+    assert {p.name for p in files} >= {"jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm"}
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in files), files
 
 
 def test_record_round_trips_every_field(store: JobStore) -> None:

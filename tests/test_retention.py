@@ -157,6 +157,26 @@ def test_recover_after_a_crash(tmp_path: Path, clock: Clock) -> None:
     second.store.close()
 
 
+def test_interrupted_jobs_get_their_webhook_after_restart(tmp_path: Path, clock: Clock) -> None:
+    settings = {"webhook_secret": "s", "webhook_allowlist": ("https://hooks.example/",)}
+    first = make_lifecycle(tmp_path, clock, **settings)
+    with_hook, _ = first.new_job(options={}, webhook_url="https://hooks.example/a")
+    first.new_job(options={})  # no webhook_url: nothing to send
+    first.store.close()
+
+    second = make_lifecycle(tmp_path, clock, **settings)
+    scheduled: list[str] = []
+    second.notifier.schedule = scheduled.append  # type: ignore[method-assign]
+    assert len(second.recover()) == 2
+
+    async def run() -> None:
+        second.start()
+        await second.aclose()
+
+    asyncio.run(run())
+    assert scheduled == [with_hook.id]
+
+
 def test_idempotent_submission(life: DataLifecycle) -> None:
     digest = request_hash(b"image-bytes", {"seed": 1})
     first, created = life.new_job(options={"seed": 1}, idempotency_key="k", request_hash=digest)
