@@ -60,6 +60,9 @@ class FinishSettings(msgspec.Struct, frozen=True, kw_only=True):
     debris_fraction: float = 0.05
     # Largest extent of the exported model, in metres.
     scale: float = 1.0
+    # UV charts: "box" (axis-projected charts packed by xatlas, fast) or "xatlas" (xatlas
+    # segments and parameterises too: less distortion, tens of seconds on a small CPU).
+    charts: Literal["box", "xatlas"] = "box"
 
 
 class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,78 @@
+"""Finishing stage: a reconstructed mesh in, a clean, UV-textured, glTF-framed GLB out."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pipeline.errors import Lift3dError
+from pipeline.finish.finisher import SUB_STEPS, FinishOptions, FinishResult, finish_mesh
+from pipeline.finish.frame import RECON_TO_GLTF, FrameTransform, fit_frame
+from pipeline.runtime import Runtime
+from pipeline.stage import StageContext
+from pipeline.state import JobState
+
+__all__ = [
+    "FinishOptions",
+    "FinishResult",
+    "FinishStage",
+    "FrameTransform",
+    "RECON_TO_GLTF",
+    "SUB_STEPS",
+    "finish_mesh",
+    "fit_frame",
+    "gltf_extras",
+]
+
+# Per-stage metadata keys that name which model (and which revision) made the job.
+_PROVENANCE_KEYS = ("model", "revision", "revisions", "variant", "weights_mode")
+
+
+def gltf_extras(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What the GLB records about its making: seed, weights mode, models and their revisions."""
+    extras: dict[str, Any] = {"seed": metadata.get("seed"), "weights_mode": metadata.get("weights_mode")}
+    models: dict[str, Any] = {}
+    for stage, record in metadata.items():
+        if isinstance(record, dict):
+            provenance = {key: record[key] for key in _PROVENANCE_KEYS if isinstance(record.get(key), (str, int, dict))}
+            if provenance:
+                models[stage] = provenance
+    if models:
+        extras["models"] = models
+    return extras
+
+
+class FinishStage:
+    name: ClassVar[str] = "finish"
+    progress_weight: ClassVar[float] = 0.05
+
+    def __init__(self) -> None:
+        self._runtime: Runtime | None = None
+
+    def load(self, runtime: Runtime) -> None:
+        self._runtime = runtime  # nothing to load: no model weights in this stage
+
+    def run(self, job: JobState, ctx: StageContext) -> None:
+        if job.mesh is None:
+            raise Lift3dError("the finish stage needs a reconstructed mesh", code="missing_mesh")
+        runtime = self._runtime or ctx.runtime
+        settings = runtime.settings.finish
+        options = FinishOptions(
+            target_faces=job.options.target_faces,
+            texture_size=job.options.texture_size,
+            texture=job.options.texture,
+            debris_fraction=settings.debris_fraction,
+            scale=settings.scale,
+            charts=settings.charts,
+        )
+        result = finish_mesh(
+            job.mesh.vertices,
+            job.mesh.faces,
+            job.mesh.color_query,
+            options,
+            extras=gltf_extras(job.metadata),
+            device=runtime.device,
+            on_step=lambda step, total, name: ctx.report(step, total, name),
+            check_cancelled=ctx.check_cancelled,
+        )
+        job.glb = result.glb
+        job.qa.update(result.qa)

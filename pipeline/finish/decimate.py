@@ -1,0 +1,22 @@
+"""Decimation to a face budget with fast-simplification (quadric edge collapse)."""
+
+from __future__ import annotations
+
+import fast_simplification
+import trimesh
+
+from pipeline.finish.clean import drop_degenerate
+
+
+def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
+    """Collapse edges down to ``target_faces``; 0, or a mesh already under budget, keeps every face.
+
+    It runs before UV unwrapping because collapses would destroy the UV layout.
+    """
+    if target_faces <= 0 or len(mesh.faces) <= target_faces:
+        return mesh
+    vertices, faces = fast_simplification.simplify(mesh.vertices, mesh.faces, target_count=target_faces)
+    simplified = trimesh.Trimesh(vertices, faces, process=False)
+    # Collapses can leave zero-area slivers and orphaned vertices behind.
+    drop_degenerate(simplified)
+    return simplified
