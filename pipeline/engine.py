@@ -115,7 +115,7 @@ class Engine:
             for stage, span in zip(self.stages, self._spans):
                 cancel.raise_if_cancelled()
                 ctx = StageContext(self.runtime, stage.name, bus, cancel, start_fraction, span)
-                ctx.report(0, 1, "started")
+                ctx.report(0, 1, "started", check_cancel=False)
                 self.runtime.synchronize()
                 started = time.perf_counter()
                 try:
@@ -126,7 +126,7 @@ class Engine:
                 self.runtime.synchronize()
                 timings[stage.name] = time.perf_counter() - started
                 start_fraction += span
-                ctx.report(1, 1, "done")
+                ctx.report(1, 1, "done", check_cancel=False)
             if job.glb is None:
                 raise Lift3dError("the stages finished without producing a GLB")
             return JobResult(

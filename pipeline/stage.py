@@ -21,7 +21,7 @@ class StageContext:
     start_fraction: float
     span: float
 
-    def report(self, step: int, total: int, message: str = "") -> None:
+    def report(self, step: int, total: int, message: str = "", *, check_cancel: bool = True) -> None:
         """Report ``step`` of ``total`` done within this stage (diffusers' step-callback style).
 
         Then checks the cancel token, so every stage that reports its steps stops
@@ -32,7 +32,8 @@ class StageContext:
         step = min(max(step, 0), total)
         fraction = self.start_fraction + self.span * step / total
         self.bus.emit(ProgressEvent(self.stage, step, total, round(fraction, 6), message))
-        self.cancel.raise_if_cancelled()
+        if check_cancel:
+            self.cancel.raise_if_cancelled()
 
     def check_cancelled(self) -> None:
         self.cancel.raise_if_cancelled()
