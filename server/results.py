@@ -161,17 +161,9 @@ _warned_generated_key = False
 def _load_or_generate_key(path: Path) -> bytes:
     global _warned_generated_key
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = decode_key(path.read_text())
-    else:
-        text = generate_key_text()
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        key = decode_key(text)
+    if not path.exists():
+        _write_new_key(path)
+    key = decode_key(path.read_text())
     if not _warned_generated_key:
         _warned_generated_key = True
         log.warning(
@@ -181,6 +173,26 @@ def _load_or_generate_key(path: Path) -> bytes:
             GENERATED_KEY_FILENAME,
         )
     return key
+
+
+def _write_new_key(path: Path) -> None:
+    """Write a new key file whole or not at all; a concurrent writer's key wins if it came first."""
+    for stale in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)  # left by a crash during an earlier generation
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generate_key_text() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        # link() never replaces an existing file, unlike rename(): the first key stays.
+        os.link(temp, path)
+    except FileExistsError:
+        pass
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 def associated_data(job_id: str, name: str) -> bytes:

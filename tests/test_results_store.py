@@ -121,6 +121,14 @@ def test_generated_key_is_private_persistent_and_warned_once(
     assert key_file.read_text().strip() not in caplog.text
 
 
+def test_key_generation_leftovers_are_cleaned(tmp_path: Path) -> None:
+    stale = tmp_path / f".{GENERATED_KEY_FILENAME}.dead{results_module.TEMP_SUFFIX}"
+    stale.write_text("half")
+    EncryptedFileStore.from_settings(settings_for(tmp_path))
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [GENERATED_KEY_FILENAME, "results"]
+
+
 def test_generated_key_still_decrypts_after_a_key_is_configured(tmp_path: Path) -> None:
     EncryptedFileStore.from_settings(settings_for(tmp_path)).put("job1", "model.glb", GLB)
     configured = EncryptedFileStore.from_settings(settings_for(tmp_path, generate_key_text()))
