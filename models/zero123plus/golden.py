@@ -112,10 +112,13 @@ def check_set(set_dir: Path, *, verbose: bool = False) -> list[CaseReport]:
     if spec.get("device", "cpu") != "cpu" or spec.get("computation_dtype", "float32") != "float32":
         raise NotImplementedError("golden sets are replayed on CPU in float32")
     tensors = load_file(set_dir / spec.get("tensor_file", "cases.safetensors"))
-    pipeline = Zero123PlusPipeline(load_components(set_dir / spec.get("model_dir", "config"), dtype=torch.float32))
+    pipelines: dict[str, Zero123PlusPipeline] = {}
     reports = []
     for case in spec["cases"]:
-        recorder = run_case(pipeline, case, tensors)
+        model_dir = case.get("model_dir", spec.get("model_dir", "config"))
+        if model_dir not in pipelines:
+            pipelines[model_dir] = Zero123PlusPipeline(load_components(set_dir / model_dir, dtype=torch.float32))
+        recorder = run_case(pipelines[model_dir], case, tensors)
         report = CaseReport(spec.get("set", set_dir.name), case["name"])
         for name, info in case["tensors"].items():
             if info.get("role") == "input":
