@@ -230,11 +230,14 @@ class JobStore:
         return {row["id"] for row in rows}
 
     def count_by_status(self) -> dict[str, int]:
-        """Live and stripped records by status (erased ones count under their last status)."""
+        """Records by status, with erased ones under ``erased`` (for the jobs-by-status gauge)."""
         with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
-        counts = {status: 0 for status in get_args(JobStatus)}
-        counts.update({row["status"]: row["n"] for row in rows})
+            rows = self._db.execute(
+                "SELECT CASE WHEN erased_at IS NULL THEN status ELSE 'erased' END AS bucket, COUNT(*) AS n"
+                " FROM jobs GROUP BY bucket"
+            ).fetchall()
+        counts = {status: 0 for status in (*get_args(JobStatus), "erased")}
+        counts.update({row["bucket"]: row["n"] for row in rows})
         return counts
 
     # -- writes --------------------------------------------------------------

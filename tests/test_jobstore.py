@@ -214,9 +214,13 @@ def test_live_result_ids_and_counts(store: JobStore) -> None:
     done = make(store)
     store.finish(done.id, "succeeded", 5.0)
     make(store)
+    erased = make(store)
+    store.finish(erased.id, "succeeded", 6.0)
+    store.delete(erased.id, 7.0)
     assert store.live_result_ids() == {done.id}
     counts = store.count_by_status()
-    assert counts["succeeded"] == 1 and counts["queued"] == 1 and counts["expired"] == 0
+    assert counts["succeeded"] == 1 and counts["queued"] == 1 and counts["erased"] == 1
+    assert counts["expired"] == 0 and sum(counts.values()) == 3
 
 
 def test_concurrent_writers_from_threads(store: JobStore) -> None:
