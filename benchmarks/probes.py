@@ -34,8 +34,29 @@ def _sdpa_cpu_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: A
 EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
 
 
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's per-module tracker: every FLOP goes to "Global".
+
+    torch's ModuleTracker hooks autograd on module inputs that require grad; under
+    ``torch.inference_mode`` a parameter passed as a module's input (as the LRM does with
+    its learnt triplane tokens) has no grad_fn and the hook raises. We only need the
+    per-op totals, so the tracker is not needed.
+    """
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> "_GlobalOnly":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
 def flop_counter() -> FlopCounterMode:
-    return FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
+    if hasattr(counter, "mod_tracker"):
+        counter.mod_tracker = _GlobalOnly()  # type: ignore[assignment]
+    return counter
 
 
 class HostMemory:
