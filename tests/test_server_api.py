@@ -460,3 +460,23 @@ def test_drain_fails_queued_jobs_and_cancels_the_running_one_after_the_grace(api
     for job_id in (running, queued):
         job = api.job(job_id)
         assert (job["status"], job["error"]["code"]) == ("failed", "shutting_down"), job_id
+
+
+def test_sse_sends_keepalive_comments_while_a_job_waits(api: Api) -> None:
+    api.gate.clear()
+    job_id = api.submit(steps=2).json()["id"]
+    threading.Timer(1.6, api.gate.set).start()  # keep-alive is 0.5 s in these settings
+    events = sse_events(api.client, f"/v1/jobs/{job_id}/events")
+    assert ("comment", ": keep-alive") in events
+    names = [name for name, _ in events if name != "comment"]
+    assert names[0] == "status" and names[-1] == "end"
+    statuses = [data["status"] for name, data in events if name == "status"]
+    assert statuses[-1] == "running"
+
+
+def test_events_of_a_finished_job_end_at_once(api: Api) -> None:
+    job_id = api.submit(steps=1).json()["id"]
+    api.wait_status(job_id, TERMINAL)
+    events = sse_events(api.client, f"/v1/jobs/{job_id}/events")
+    assert [name for name, _ in events] == ["end"]
+    assert events[0][1]["status"] == "succeeded"
