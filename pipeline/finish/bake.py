@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import distance_transform_cdt
 
 from pipeline.finish.raster import rasterise
 from pipeline.state import ColorQuery
@@ -50,7 +50,8 @@ def fill_outside_charts(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
     """
     if covered.all() or not covered.any():
         return image
-    _, (rows, cols) = distance_transform_edt(~covered, return_indices=True)
+    # Chessboard distance: nearest enough for padding, and twice as fast as Euclidean.
+    _, (rows, cols) = distance_transform_cdt(~covered, metric="chessboard", return_indices=True)
     return image[rows, cols]
 
 
@@ -73,8 +74,12 @@ def bake_texture(
     overlap = int((strictly_inside > 1).sum()) / max(covered_count, 1)
 
     chosen = _best_hit_per_texel(hits.texel, hits.inside, texel_count)
-    corners = torch.as_tensor(positions, dtype=torch.float32, device=device)[faces_t[hits.face[chosen]]]
-    points = (hits.barycentric[chosen, :, None] * corners).sum(dim=1)
+    corner_ids = faces_t.index_select(0, hits.face.index_select(0, chosen))
+    barycentric = hits.barycentric.index_select(0, chosen)
+    vertices = torch.as_tensor(positions, dtype=torch.float32, device=device)
+    points = barycentric[:, 0:1] * vertices.index_select(0, corner_ids[:, 0])
+    points += barycentric[:, 1:2] * vertices.index_select(0, corner_ids[:, 1])
+    points += barycentric[:, 2:3] * vertices.index_select(0, corner_ids[:, 2])
     colours = query_colours(color_query, points.cpu().numpy())
 
     texels = hits.texel[chosen].cpu().numpy()

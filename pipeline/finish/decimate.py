@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import fast_simplification
+import numpy as np
 import trimesh
 
-from pipeline.finish.clean import drop_degenerate
+from pipeline.finish.clean import drop_unreferenced, nondegenerate
 
 
 def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
@@ -16,7 +17,7 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     if target_faces <= 0 or len(mesh.faces) <= target_faces:
         return mesh
     vertices, faces = fast_simplification.simplify(mesh.vertices, mesh.faces, target_count=target_faces)
-    simplified = trimesh.Trimesh(vertices, faces, process=False)
     # Collapses can leave zero-area slivers and orphaned vertices behind.
-    drop_degenerate(simplified)
-    return simplified
+    faces = np.asarray(faces, np.int64)
+    vertices, faces = drop_unreferenced(np.asarray(vertices, np.float64), faces[nondegenerate(vertices, faces)])
+    return trimesh.Trimesh(vertices, faces, process=False)

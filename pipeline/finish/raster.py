@@ -5,7 +5,8 @@ Every texel whose centre lies inside a triangle, or within ``EDGE_REACH`` texels
 it, becomes a hit: border texels are coloured from the nearest point of the
 triangle, so bilinear filtering at a chart's edge reads the right colour.
 
-Triangles are walked as row spans (one interval of columns per triangle and row),
+Only chart-border edges reach out; edges shared inside a chart do not, so interior
+texels are visited about once. Triangles are walked as row spans (one interval of columns per triangle and row),
 so no work is spent on bounding-box texels outside the triangle.
 """
 
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-EDGE_REACH = 0.75  # texels; about half a texel's diagonal, so partly covered texels count
+EDGE_REACH = 0.75  # texels, across chart borders: about half a texel's diagonal, so partly covered texels count
+# Across edges shared inside a chart the neighbour covers the far side; a hair of slack
+# only keeps texel centres lying exactly on such an edge.
+SHARED_EDGE_REACH = 1e-3
 # Work in slices of about this many texels to bound memory.
 TEXELS_PER_SLICE = 4_000_000
 
@@ -50,7 +54,16 @@ def _expand(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return owner, torch.arange(len(owner), device=counts.device) - first.index_select(0, owner)
 
 
-def _slice_hits(corners: torch.Tensor, face_ids: torch.Tensor, size: int) -> TexelHits:
+def border_edges(faces: torch.Tensor) -> torch.Tensor:
+    """[F, 3] bool: edge i (opposite corner i) belongs to this face only, i.e. is a chart border."""
+    start, end = faces[:, [1, 2, 0]], faces[:, [2, 0, 1]]
+    count = int(faces.max()) + 1 if len(faces) else 1
+    keys = (torch.minimum(start, end) * count + torch.maximum(start, end)).reshape(-1)
+    _, inverse, uses = torch.unique(keys, return_inverse=True, return_counts=True)
+    return (uses[inverse] == 1).reshape(-1, 3)
+
+
+def _slice_hits(corners: torch.Tensor, reach: torch.Tensor, face_ids: torch.Tensor, size: int) -> TexelHits:
     a, b, c, to_barycentric = _edge_planes(corners)
     low = torch.ceil(corners.amin(dim=1) - EDGE_REACH).clamp(0, size - 1)
     high = torch.floor(corners.amax(dim=1) + EDGE_REACH).clamp(0, size - 1)
@@ -59,7 +72,7 @@ def _slice_hits(corners: torch.Tensor, face_ids: torch.Tensor, size: int) -> Tex
     span_face, rank = _expand((high[:, 1] - low[:, 1] + 1).clamp(min=0).long())
     row = low[span_face, 1] + rank
     sa = a.index_select(0, span_face)
-    offset = b.index_select(0, span_face) * row[:, None] + c.index_select(0, span_face) + EDGE_REACH
+    offset = b.index_select(0, span_face) * row[:, None] + c.index_select(0, span_face) + reach.index_select(0, span_face)
     bound = -offset / torch.where(sa == 0, 1.0, sa).to(sa.dtype)
     infinite = torch.full_like(bound, torch.inf)
     lower = torch.where(sa > 0, bound, -infinite).amax(dim=1)
@@ -76,7 +89,7 @@ def _slice_hits(corners: torch.Tensor, face_ids: torch.Tensor, size: int) -> Tex
     distance = a.float().index_select(0, face) * col[:, None] + b.float().index_select(0, face) * row[:, None]
     distance += c.float().index_select(0, face)
     barycentric = (distance * to_barycentric.float().index_select(0, face)).clamp_min(0)
-    barycentric /= barycentric.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    barycentric /= (barycentric[:, 0:1] + barycentric[:, 1:2] + barycentric[:, 2:3]).clamp_min(1e-12)
     return TexelHits(
         texel=row.long() * size + col.long(),
         face=face_ids.index_select(0, face),
@@ -92,6 +105,7 @@ def rasterise(uvs: torch.Tensor, faces: torch.Tensor, size: int) -> TexelHits:
     has_area = (first[:, 0] * second[:, 1] - first[:, 1] * second[:, 0]).abs() > 1e-9
     face_ids = torch.nonzero(has_area)[:, 0]
     corners = corners.index_select(0, face_ids)
+    reach = torch.where(border_edges(faces).index_select(0, face_ids), EDGE_REACH, SHARED_EDGE_REACH).double()
     extent = corners.amax(dim=1) - corners.amin(dim=1) + 2 * EDGE_REACH + 1
     boundaries = torch.searchsorted(
         torch.cumsum(extent.prod(dim=1), 0),
@@ -99,7 +113,7 @@ def rasterise(uvs: torch.Tensor, faces: torch.Tensor, size: int) -> TexelHits:
         * TEXELS_PER_SLICE,
     ).tolist()
     parts = [
-        _slice_hits(corners[start:stop], face_ids[start:stop], size)
+        _slice_hits(corners[start:stop], reach[start:stop], face_ids[start:stop], size)
         for start, stop in zip([0, *boundaries], [*boundaries, len(face_ids)])
         if stop > start
     ]

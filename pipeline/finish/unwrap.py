@@ -13,6 +13,7 @@ Two ways to cut the surface into charts, both packed by xatlas:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,9 +25,12 @@ from scipy.sparse.csgraph import connected_components
 
 ChartMethod = Literal["box", "xatlas"]
 
-# Chart gutter in texels; the bake's edge rasterisation reaches 0.75 texel outwards,
-# so neighbouring charts never write into each other.
+# Chart gutter in texels of the final texture; the bake's border rasterisation reaches
+# 0.75 texel outwards, so neighbouring charts never write into each other.
 PADDING_TEXELS = 2
+# xatlas packs on a grid this coarse at most (its packing time grows with the grid);
+# the UVs come back normalised, so only the gutter is scaled to match.
+MAX_PACK_RESOLUTION = 512
 # A face keeps its own axis when the smoothed one would view it this obliquely (cos 75°).
 MIN_PROJECTION_COSINE = 0.26
 NORMAL_SMOOTHING_ROUNDS = 2
@@ -97,8 +101,8 @@ def _box_projection(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray, np.n
 
 def _pack_options(texture_size: int) -> xatlas.PackOptions:
     options = xatlas.PackOptions()
-    options.resolution = texture_size
-    options.padding = PADDING_TEXELS
+    options.resolution = min(texture_size, MAX_PACK_RESOLUTION)
+    options.padding = max(1, math.ceil(PADDING_TEXELS * options.resolution / texture_size))
     options.bilinear = True
     return options
 
