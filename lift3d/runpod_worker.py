@@ -1,0 +1,243 @@
+"""RunPod serverless worker: one job in, one GLB out, with the engine resident across jobs.
+
+Job input (``job["input"]``)::
+
+    {"image_url": "https://..."}            # or
+    {"image_base64": "<base64 or data: URL>"}
+    + optional "options": {seed, steps, guidance, remove_background, target_faces, texture_size, texture}
+
+Output: ``{"glb_url": ...}`` (an S3 presigned URL when a bucket is configured with
+RunPod's ``BUCKET_ENDPOINT_URL``/``BUCKET_ACCESS_KEY_ID``/``BUCKET_SECRET_ACCESS_KEY``,
+plus ``BUCKET_NAME``), else ``{"glb_base64": ...}`` while it fits the response
+payload limit; always the seed, options, timings, QA and the weights mode.
+Progress goes out through ``runpod.serverless.progress_update``.
+
+The engine loads and warms up before the worker takes its first job, so a cold
+start costs one model load and no per-job compilation. Configuration that is
+RunPod's own (bucket credentials, the SDK's webhook URLs) is read from the
+environment here, as the RunPod SDK itself does; everything else comes from
+``Settings``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import httpx
+import msgspec
+
+from lift3d.settings import Settings
+from pipeline.errors import InputError, Lift3dError, UploadTooLarge
+from pipeline.events import ProgressEvent
+from pipeline.options import JobOptions
+
+log = logging.getLogger("lift3d.runpod")
+
+# RunPod caps a job's result payload; base64 inflates by 4/3. Above this, a bucket is required.
+MAX_INLINE_GLB_BYTES = 7_000_000
+PROGRESS_INTERVAL_S = 2.0
+PRESIGNED_URL_TTL_S = 7 * 24 * 3600
+IMAGE_FETCH_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str
+    bucket: str
+    prefix: str = "lift3d"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> "BucketConfig | None":
+        """RunPod's bucket variables; None when any credential is absent (inline output only)."""
+        names = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
+        values = [environ.get(name, "") for name in names]
+        if not all(values):
+            return None
+        return cls(*values, bucket=environ.get("BUCKET_NAME", "lift3d"))
+
+    def upload(self, key: str, data: bytes) -> str:
+        """PUT the GLB (one request) and return a presigned GET URL."""
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            region_name=_region_of(self.endpoint_url),
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},  # works with AWS, R2, MinIO, B2 alike
+                retries={"max_attempts": 3, "mode": "standard"},
+                request_checksum_calculation="when_required",
+            ),
+        )
+        object_key = f"{self.prefix}/{key}"
+        client.put_object(Bucket=self.bucket, Key=object_key, Body=data, ContentType="model/gltf-binary")
+        return client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": object_key}, ExpiresIn=PRESIGNED_URL_TTL_S
+        )
+
+
+def _region_of(endpoint_url: str) -> str:
+    from runpod.serverless.utils.rp_upload import extract_region_from_url
+
+    return extract_region_from_url(endpoint_url) or "us-east-1"
+
+
+class JobInput(msgspec.Struct, forbid_unknown_fields=True):
+    image_url: str | None = None
+    image_base64: str | None = None
+    options: JobOptions = msgspec.field(default_factory=JobOptions)
+
+
+def parse_input(raw: Any) -> JobInput:
+    try:
+        job_input = msgspec.convert(raw, JobInput)
+    except msgspec.ValidationError as error:
+        raise InputError(f"invalid job input: {error}") from error
+    if (job_input.image_url is None) == (job_input.image_base64 is None):
+        raise InputError("give exactly one of image_url or image_base64")
+    return job_input
+
+
+def image_bytes(job_input: JobInput, max_bytes: int) -> bytes:
+    if job_input.image_base64 is not None:
+        text = job_input.image_base64
+        if text.startswith("data:"):
+            text = text.partition(",")[2]
+        if len(text) * 3 // 4 > max_bytes:
+            raise UploadTooLarge(f"the image is larger than {max_bytes} bytes")
+        try:
+            return base64.b64decode(text, validate=True)
+        except binascii.Error as error:
+            raise InputError(f"image_base64 is not valid base64: {error}") from error
+    return fetch_image(job_input.image_url or "", max_bytes)
+
+
+def fetch_image(url: str, max_bytes: int) -> bytes:
+    if not url.startswith(("https://", "http://")):
+        raise InputError("image_url must be an http(s) URL")
+    chunks, size = [], 0
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=IMAGE_FETCH_TIMEOUT_S) as response:
+            response.raise_for_status()
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise UploadTooLarge(f"the image at image_url is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+    except httpx.HTTPError as error:
+        raise InputError(f"could not fetch image_url: {type(error).__name__}: {error}") from error
+    return b"".join(chunks)
+
+
+class ThrottledProgress:
+    """Forward engine events to RunPod at most every few seconds, and on every stage change."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], None], interval_s: float = PROGRESS_INTERVAL_S) -> None:
+        self._send = send
+        self._interval = interval_s
+        self._last_time = 0.0
+        self._last_stage = ""
+
+    def __call__(self, event: ProgressEvent) -> None:
+        now = time.monotonic()
+        if event.stage == self._last_stage and now - self._last_time < self._interval:
+            return
+        self._last_time, self._last_stage = now, event.stage
+        self._send(
+            {
+                "stage": event.stage,
+                "progress": round(event.fraction, 4),
+                "step": event.step,
+                "total": event.total,
+                "message": event.message,
+            }
+        )
+
+
+def make_handler(
+    engine: Any,
+    settings: Settings,
+    *,
+    bucket: BucketConfig | None,
+    send_progress: Callable[[dict[str, Any], dict[str, Any]], None],
+    max_inline_bytes: int = MAX_INLINE_GLB_BYTES,
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The function RunPod calls per job (``engine`` is a loaded ``pipeline.engine.Engine``)."""
+
+    def handler(job: dict[str, Any]) -> dict[str, Any]:
+        job_id = str(job.get("id") or uuid.uuid4())
+        try:
+            job_input = parse_input(job.get("input"))
+            data = image_bytes(job_input, settings.engine.decode.max_upload_bytes)
+            progress = ThrottledProgress(lambda update: send_progress(job, update))
+            result = engine.run(data, job_input.options, progress=progress)
+        except Lift3dError as error:
+            log.info("job %s failed: %s (%s)", job_id, error.message, error.code)
+            return {"error": f"{error.code}: {error.message}", "refresh_worker": False}
+        output: dict[str, Any] = {
+            "seed": result.seed,
+            "weights_mode": result.weights_mode,
+            "options": msgspec.to_builtins(result.options),
+            "timings": result.timings,
+            "qa": msgspec.to_builtins(result.qa),
+            "glb_bytes": len(result.glb),
+        }
+        if bucket is not None:
+            output["glb_url"] = bucket.upload(f"{job_id}.glb", result.glb)
+        elif len(result.glb) <= max_inline_bytes:
+            output["glb_base64"] = base64.b64encode(result.glb).decode("ascii")
+        else:
+            return {
+                "error": f"result_too_large: the GLB is {len(result.glb)} bytes, over the {max_inline_bytes}-byte "
+                "inline limit; configure BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY "
+                "to receive a URL, or ask for fewer target_faces / a smaller texture_size",
+                "refresh_worker": False,
+            }
+        return output
+
+    return handler
+
+
+def _runpod_progress(job: dict[str, Any], update: dict[str, Any]) -> None:
+    import runpod
+
+    runpod.serverless.progress_update(job, update)
+
+
+def _log_progress(job: dict[str, Any], update: dict[str, Any]) -> None:
+    log.info("job %s progress %s", job.get("id"), update)
+
+
+def start(settings: Settings) -> int:
+    """Load and warm the engine, then hand the job loop to the RunPod SDK (which parses its own flags)."""
+    import runpod
+
+    from pipeline.engine import Engine
+
+    # Workers never reach the Hub: weights are baked into the image or on the network volume.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # request URLs may carry presigned secrets
+    engine = Engine(settings.engine)
+    started = time.perf_counter()
+    engine.load()
+    engine.warmup()
+    log.info("engine ready in %.1fs (weights %s)", time.perf_counter() - started, settings.engine.weights)
+    # Without the SDK's webhook (local test mode) there is nowhere to post progress: log it instead.
+    send = _runpod_progress if os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT") else _log_progress
+    handler = make_handler(engine, settings, bucket=BucketConfig.from_environ(os.environ), send_progress=send)
+    runpod.serverless.start({"handler": handler})
+    return 0
