@@ -296,7 +296,7 @@ def run_http_benchmark(
             "startup_s": process.startup_s,
             "exit_code": process.exit_code,
             "requested_queue_size": server.queue_size,
-            "env": dict(server.env),
+            "env": {name: "***" if common.is_secret_name(name) else value for name, value in server.env.items()},
         }
     else:
         if not (url and api_key):

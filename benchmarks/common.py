@@ -93,6 +93,32 @@ def redact(text: str) -> str:
     return text
 
 
+SECRET_FLAGS = {"--api-key"}
+_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
+
+
+def is_secret_name(name: str) -> bool:
+    return any(word in name.upper() for word in _SECRET_WORDS)
+
+
+def redact_secrets(argv: Sequence[str]) -> list[str]:
+    """A command line safe to commit: API keys and ``SECRET_NAME=value`` pairs become ``***``."""
+    safe: list[str] = []
+    hide_next = False
+    for arg in argv:
+        name, sep, _ = arg.partition("=")
+        if hide_next:
+            safe.append("***")
+        elif sep and name in SECRET_FLAGS:
+            safe.append(f"{name}=***")
+        elif sep and not name.startswith("-") and is_secret_name(name):
+            safe.append(f"{name}=***")
+        else:
+            safe.append(arg)
+        hide_next = arg in SECRET_FLAGS
+    return safe
+
+
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -200,7 +226,7 @@ def capture_environment(argv: Sequence[str], device: str) -> dict[str, Any]:
     """Device, driver, versions, commit, command line and UTC date of this run."""
     return {
         "date_utc": utc_now().isoformat(timespec="seconds"),
-        "command": redact(shlex.join([Path(sys.executable).name, *argv])),
+        "command": redact(shlex.join([Path(sys.executable).name, *redact_secrets(argv)])),
         "device": device_info(device),
         "python": platform.python_version(),
         "platform": platform.platform(),

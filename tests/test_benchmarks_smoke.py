@@ -96,6 +96,14 @@ def test_summarize_percentiles() -> None:
     assert common.summarize([])["median"] is None
 
 
+def test_recorded_command_hides_keys_and_machine_paths() -> None:
+    argv = ["-m", "benchmarks.bench_http", "--api-key", "k-123", "--server-env", "LIFT3D_WEBHOOK_SECRET=s-456",
+            "--server-env", "LIFT3D_STEPS=28", "--images", str(common.REPO / "photos")]
+    command = common.capture_environment(argv, "cpu")["command"]
+    assert "k-123" not in command and "s-456" not in command and str(common.REPO) not in command
+    assert "LIFT3D_STEPS=28" in command and "./photos" in command
+
+
 def test_config_specs() -> None:
     assert parse_config("baseline", 75) == PRESETS["baseline"]
     assert (PRESETS["baseline"].dtype, PRESETS["baseline"].steps) == ("float16", 75)
