@@ -85,7 +85,6 @@ def _stage_report(
 
 
 def summarize_config(
-    config: BenchConfig,
     stage_names: list[str],
     jobs: list[JobSample],
     counted: dict[str, StageSample] | None,
@@ -98,8 +97,7 @@ def summarize_config(
         stages[name] = _stage_report(
             [job.timings[name] for job in jobs], flops, peak_flops, [job.stages[name] for job in jobs]
         )
-        if counted and name in counted:
-            stages[name]["flops_by_op"] = counted[name].flops_by_op
+        stages[name]["flops_by_op"] = counted[name].flops_by_op if counted and name in counted else None
     total_flops = sum(counted[name].flops or 0 for name in stage_names if name in counted) if counted else None
     everything = [sample for job in jobs for sample in job.stages.values()]
     total = _stage_report([job.total_s for job in jobs], total_flops, peak_flops, everything)
@@ -200,7 +198,7 @@ def _run_config(cache: _EngineCache, config: BenchConfig, run: PipelineRun, peak
         "load_s_by_stage": dict(getattr(engine, "load_seconds", {})),
         "warmup_s": cache.warmup_s,
         "peak_flops_per_second": peak,
-        **summarize_config(config, engine.stage_names, jobs, counted, peak),
+        **summarize_config(engine.stage_names, jobs, counted, peak),
     }
 
 

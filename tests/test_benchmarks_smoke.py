@@ -164,6 +164,20 @@ def test_harness_bookkeeping_is_exact(fake_run: dict[str, Any]) -> None:
     assert "| fast | multiview |" in markdown and "Smoke run" in markdown and "failed: KeyError" in markdown
 
 
+def test_without_flop_counting_there_is_no_floor() -> None:
+    from benchmarks.probes import StageSample
+
+    jobs = [
+        bench_pipeline.JobSample("a.png", 0, 2.0, {"multiview": 1.5}, {"multiview": StageSample(None, 10)}),
+        bench_pipeline.JobSample("b.png", 0, 4.0, {"multiview": 3.5}, {"multiview": StageSample(None, 30)}),
+    ]
+    summary = bench_pipeline.summarize_config(["multiview"], jobs, None, 1e12)
+    stage = summary["stages"]["multiview"]
+    assert stage["flops"] is None and stage["floor_s"] is None and stage["floor_fraction"] is None
+    assert stage["latency_s"]["median"] == 2.5 and stage["peak_rss_bytes"] == 30
+    assert summary["total"]["latency_s"]["median"] == 3.0 and summary["throughput_jobs_per_min"] == 20.0
+
+
 def test_readme_block_comes_only_from_committed_results(fake_run: dict[str, Any], tmp_path: Path) -> None:
     from benchmarks import render_readme_table as readme
 
