@@ -10,6 +10,7 @@ import anyio
 import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
@@ -73,12 +74,32 @@ def _job_view(svc: Services, job_id: str) -> JobView:
 
 # -- jobs ----------------------------------------------------------------------
 
+_BINARY = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+
+
+@dataclass
+class _SubmitOperation(Operation):
+    """Documents the upload body, which the handler reads itself (so Litestar never parses or spools it)."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            description="The image: multipart field `image` (options may be further form fields), or a raw body.",
+            content={
+                "multipart/form-data": OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.OBJECT, required=["image"], properties={"image": _BINARY})
+                ),
+                **{media_type: OpenAPIMediaType(schema=_BINARY) for media_type in sorted(RAW_IMAGE_TYPES)},
+            },
+        )
+
 
 @post(
     "/v1/jobs",
     status_code=HTTP_202_ACCEPTED,
     # The byte cap is enforced while streaming (server.uploads), with the problem+json 413.
     request_max_body_size=None,
+    operation_class=_SubmitOperation,
     summary="Submit an image",
     description=(
         "Send the image as the multipart/form-data field `image`, or as a raw body with "

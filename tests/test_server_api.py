@@ -435,6 +435,8 @@ def test_metrics_and_info(api: Api) -> None:
     schema = api.client.get("/schema/openapi.json", headers=KEY).json()
     for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/owners/{owner}"):
         assert path in schema["paths"], path
+    upload = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+    assert set(upload) == {"multipart/form-data", "image/png", "image/jpeg", "image/webp"}
 
 
 def test_cors_is_off_by_default_and_settable(tmp_path: Path, api: Api) -> None:
@@ -480,3 +482,18 @@ def test_events_of_a_finished_job_end_at_once(api: Api) -> None:
     events = sse_events(api.client, f"/v1/jobs/{job_id}/events")
     assert [name for name, _ in events] == ["end"]
     assert events[0][1]["status"] == "succeeded"
+
+
+def test_engine_that_cannot_load_reports_through_readyz_and_503(tmp_path: Path) -> None:
+    from pipeline.errors import WeightsMissing
+
+    class MissingWeightsStage(TimedStage):
+        def load(self, runtime) -> None:  # noqa: ANN001
+            raise WeightsMissing("no weights for profile quality; run `lift3d weights pull`")
+
+    settings = make_settings(tmp_path / "data")
+    with TestClient(create_app(settings, fake_engine(settings, MissingWeightsStage(), BoxFinishStage()))) as client:
+        ready = wait_until(lambda: (r := client.get("/readyz")).json().get("detail") != "warming_up" and r)
+        assert (ready.status_code, ready.json()["detail"]) == (503, "weights_missing")
+        refused = client.post("/v1/jobs", content=small_png(), headers={**KEY, "Content-Type": "image/png"})
+        assert (refused.status_code, refused.json()["code"]) == (503, "weights_missing")
