@@ -208,7 +208,7 @@ class _Exploit:
         return (print, ("this pickle ran code",))
 
 
-def test_pickle_that_would_run_code_is_refused(hub: FakeHub, tmp_path: Path) -> None:
+def test_pickle_that_would_run_code_is_refused(hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     evil = _torch_bytes({"weight": torch.zeros(2), "payload": _Exploit()})
     hub.add_repo_file("org/unet", "diffusion_pytorch_model.bin", evil)
     lock = make_lock(
@@ -220,8 +220,9 @@ def test_pickle_that_would_run_code_is_refused(hub: FakeHub, tmp_path: Path) -> 
             convert="state-dict",
         )
     )
-    with pytest.raises(Exception, match="weights_only"):
-        pull(lock, tmp_path, hub)
+    outcomes, _ = pull(lock, tmp_path, hub)
+    assert outcomes[0].action == "failed" and "weights_only=True" in outcomes[0].detail
+    assert "this pickle ran code" not in capsys.readouterr().out
     assert not (tmp_path / "org" / "unet" / "diffusion_pytorch_model.safetensors").exists()
 
 

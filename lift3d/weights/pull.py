@@ -107,7 +107,12 @@ def pull_artifact(
             echo(f"  {message}")
             errors.append(message)
             continue
-        installed_sha256 = _install(artifact, staged, final, source_sha256)
+        try:
+            installed_sha256 = _install(artifact, staged, final, source_sha256)
+        except WeightsCorrupt as error:
+            # The pinned bytes arrived but cannot be converted: another source would serve the same bytes.
+            staged.unlink(missing_ok=True)
+            return PullOutcome(artifact, "failed", f"{source.describe()}: {error.message}")
         manifest.record(
             artifact, final, source_sha256=source_sha256, sha256=installed_sha256, source=source.describe()
         )
