@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
@@ -49,8 +49,9 @@ class Zero123PlusComponents:
     text_encoder: CLIPTextModel
     vision_encoder: CLIPVisionModelWithProjection
     tokenizer: CLIPTokenizer
-    feature_extractor_clip: CLIPImageProcessor
-    feature_extractor_vae: CLIPImageProcessor
+    # The PIL backend explicitly: the reference's processor, with or without torchvision installed.
+    feature_extractor_clip: CLIPImageProcessorPil
+    feature_extractor_vae: CLIPImageProcessorPil
     scheduler_config: dict[str, Any]
     ramping_coefficients: list[float]
 
@@ -84,8 +85,8 @@ def _light_components(folder: Path, tokenizer_dir: Path) -> dict[str, Any]:
         raise WeightsCorrupt(f"{folder / 'model_index.json'} has no ramping_coefficients")
     return {
         "tokenizer": CLIPTokenizer.from_pretrained(tokenizer_dir),
-        "feature_extractor_clip": CLIPImageProcessor.from_pretrained(folder / "feature_extractor_clip"),
-        "feature_extractor_vae": CLIPImageProcessor.from_pretrained(folder / "feature_extractor_vae"),
+        "feature_extractor_clip": CLIPImageProcessorPil.from_pretrained(folder / "feature_extractor_clip"),
+        "feature_extractor_vae": CLIPImageProcessorPil.from_pretrained(folder / "feature_extractor_vae"),
         "scheduler_config": _read_json(folder / "scheduler" / "scheduler_config.json"),
         "ramping_coefficients": [float(value) for value in ramping],
     }

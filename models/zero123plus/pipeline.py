@@ -60,6 +60,21 @@ class MultiviewOutput:
     guidance_scale: float
 
 
+@dataclass(frozen=True)
+class NoiseStreams:
+    reference: torch.Generator  # the reference's global-RNG draws
+    latent: torch.Generator  # the reference's `generator` draws
+
+    @classmethod
+    def of(cls, generator: torch.Generator | None, reference_generator: torch.Generator | None) -> "NoiseStreams":
+        if generator is None and reference_generator is None:
+            generator = torch.Generator("cpu")
+            generator.seed()  # unseeded: fresh entropy, the process RNG untouched
+        # One generator given: it feeds both streams, interleaved (the reference without a generator).
+        reference = reference_generator if reference_generator is not None else generator
+        return cls(reference=reference, latent=generator if generator is not None else reference)
+
+
 def _randn(shape: tuple[int, ...] | torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device)
 
@@ -151,6 +166,63 @@ class Zero123PlusPipeline:
         )[0]
         return out.float()
 
+    def _initial_latents(
+        self, scheduler, height: int, width: int, generator: torch.Generator, probe: Probe | None
+    ) -> torch.Tensor:
+        factor = self.vae_scale_factor
+        shape = (1, self.components.unet.config.in_channels, height // factor, width // factor)
+        noise = _randn(shape, generator, self.device)
+        latents = noise * scheduler.init_noise_sigma
+        if probe:
+            probe.record("sched.timesteps", scheduler.timesteps.cpu())
+            probe.record("sched.sigmas", scheduler.sigmas.float().cpu())
+            probe.record("sched.init_noise_sigma", torch.tensor([float(scheduler.init_noise_sigma)]))
+            probe.record("noise.init_latents", noise)
+            probe.record("latents.init", latents)
+        return latents
+
+    def _denoise_step(
+        self,
+        scheduler,
+        index: int,
+        t: torch.Tensor,
+        latents: torch.Tensor,
+        cond_lat: torch.Tensor,
+        states: torch.Tensor,
+        guidance_scale: float,
+        streams: NoiseStreams,
+        probe: Probe | None,
+    ) -> torch.Tensor:
+        """Reference pass, main pass, guidance, one Euler-ancestral step; randomness in the reference's order."""
+        sigma = scheduler.sigmas[index].float()
+        # Reference pass: the condition latent noised to this step; only its attn1 inputs are kept.
+        ref_noise = _randn(cond_lat.shape, streams.reference, self.device)
+        ref_input = (cond_lat + ref_noise * sigma) / ((sigma**2 + 1) ** 0.5)
+        bank = ReferenceBank(mode="record")
+        self._unet(ref_input, t, states, bank)
+
+        do_cfg = guidance_scale > 1.0
+        model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, t)
+        raw = self._unet(model_input, t, states, bank.attending())
+        if do_cfg:
+            uncond, cond = raw.chunk(2)
+            noise_pred = uncond + guidance_scale * (cond - uncond)
+        else:
+            noise_pred = raw
+
+        generator_state = streams.latent.get_state() if probe else None
+        latents = scheduler.step(noise_pred, t, latents, generator=streams.latent, return_dict=False)[0]
+        if probe:
+            probe.record("noise.ref", ref_noise)
+            probe.record(f"step{index}.ref_unet_input", ref_input)
+            probe.record(f"step{index}.noise_pred_raw", raw)
+            probe.record(f"step{index}.noise_pred", noise_pred)
+            # The scheduler drew one N(0,1) latent from the generator; replay it from the saved state.
+            replay = torch.Generator("cpu").set_state(generator_state)
+            probe.record("noise.ancestral", _randn(latents.shape, replay, self.device))
+            probe.record("latents.steps", latents)
+        return latents
+
     @torch.inference_mode()
     def __call__(
         self,
@@ -171,12 +243,7 @@ class Zero123PlusPipeline:
             raise ValueError("num_inference_steps must be at least 1")
         if width % (2 * self.vae_scale_factor) or height % (3 * self.vae_scale_factor):
             raise ValueError(f"{width}x{height} does not split into a 2x3 grid of whole latent views")
-        if generator is None and reference_generator is None:
-            generator = torch.Generator("cpu")
-            generator.seed()  # unseeded: fresh entropy, the process RNG untouched
-        # One generator given: it feeds both streams, interleaved (the reference without a generator).
-        reference_generator = reference_generator if reference_generator is not None else generator
-        latent_generator = generator if generator is not None else reference_generator
+        streams = NoiseStreams.of(generator, reference_generator)
         do_cfg = guidance_scale > 1.0
 
         rgb = composite_on_background(image, tuple(background_rgb or self.background_rgb))
@@ -184,52 +251,16 @@ class Zero123PlusPipeline:
         if probe:
             probe.record("pre.rgb", np.asarray(rgb))
             probe.record("pre.vae_input_uint8", vae_pixels.crop_uint8)
-        cond_lat = self._encode_condition_latents(vae_pixels.pixel_values, do_cfg, reference_generator, probe)
+        cond_lat = self._encode_condition_latents(vae_pixels.pixel_values, do_cfg, streams.reference, probe)
         states = self._encoder_hidden_states(rgb, prompt, do_cfg, probe)
         if probe:
             probe.record("cond_lat", cond_lat)
 
         scheduler = build_scheduler(self.components.scheduler_config)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
-        sigmas = scheduler.sigmas.to(torch.float32)
-        latent_shape = (1, self.components.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        init_noise = _randn(latent_shape, latent_generator, self.device)
-        latents = init_noise * scheduler.init_noise_sigma
-        if probe:
-            probe.record("sched.timesteps", scheduler.timesteps.cpu())
-            probe.record("sched.sigmas", sigmas.cpu())
-            probe.record("sched.init_noise_sigma", torch.tensor([float(scheduler.init_noise_sigma)]))
-            probe.record("noise.init_latents", init_noise)
-            probe.record("latents.init", latents)
-
+        latents = self._initial_latents(scheduler, height, width, streams.latent, probe)
         for index, t in enumerate(scheduler.timesteps):
-            sigma = sigmas[index]
-            # Reference pass: the condition latent noised to this step; only its attn1 inputs are kept.
-            ref_noise = _randn(cond_lat.shape, reference_generator, self.device)
-            ref_input = (cond_lat + ref_noise * sigma) / ((sigma**2 + 1) ** 0.5)
-            bank = ReferenceBank(mode="record")
-            self._unet(ref_input, t, states, bank)
-
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            raw = self._unet(model_input, t, states, bank.attending())
-            if do_cfg:
-                uncond, cond = raw.chunk(2)
-                noise_pred = uncond + guidance_scale * (cond - uncond)
-            else:
-                noise_pred = raw
-
-            ancestral_state = latent_generator.get_state() if probe else None
-            latents = scheduler.step(noise_pred, t, latents, generator=latent_generator, return_dict=False)[0]
-            if probe:
-                probe.record("noise.ref", ref_noise)
-                probe.record(f"step{index}.ref_unet_input", ref_input)
-                probe.record(f"step{index}.noise_pred_raw", raw)
-                probe.record(f"step{index}.noise_pred", noise_pred)
-                # The scheduler drew one N(0,1) latent from the generator; replay it from the saved state.
-                replay = torch.Generator("cpu").set_state(ancestral_state)
-                probe.record("noise.ancestral", _randn(latent_shape, replay, self.device))
-                probe.record("latents.steps", latents)
+            latents = self._denoise_step(scheduler, index, t, latents, cond_lat, states, guidance_scale, streams, probe)
             if callback_on_step_end is not None:
                 replaced = callback_on_step_end(self, index, float(t), {"latents": latents})
                 if replaced and "latents" in replaced:

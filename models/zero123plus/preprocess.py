@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessor
+from transformers import CLIPImageProcessorPil
 
 # Background the reference composites RGBA inputs onto, per pipeline variant.
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"official": (127, 127, 127), "instantmesh": (255, 255, 255)}
@@ -47,7 +47,7 @@ def _as_channel_vector(value: float | list[float]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).view(3, 1, 1)
 
 
-def preprocess(image: Image.Image, processor: CLIPImageProcessor) -> ProcessedImage:
+def preprocess(image: Image.Image, processor: CLIPImageProcessorPil) -> ProcessedImage:
     """What ``processor(images=image).pixel_values`` computes, keeping the uint8 crop."""
     if not (processor.do_resize and processor.do_center_crop and processor.do_rescale and processor.do_normalize):
         raise ValueError("Zero123++ preprocessors resize, crop, rescale and normalise; this config does not")
