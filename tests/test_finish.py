@@ -92,7 +92,7 @@ def test_texture_padding_hides_chart_borders() -> None:
 def test_decimation_hits_the_target_within_two_percent(target: int) -> None:
     vertices, faces = sphere(resolution=96)
     assert len(faces) > 2 * target
-    result = finish_mesh(vertices, faces, gradient_colours, FinishOptions(target_faces=target, texture_size=512))
+    result = finish_mesh(vertices, faces, gradient_colours, FinishOptions(target_faces=target, texture="vertex"))
     glb_faces = len(read_glb(result.glb).indices)
     assert abs(glb_faces - target) <= 0.02 * target
     assert result.qa["faces"] == glb_faces
@@ -115,7 +115,7 @@ def test_floating_debris_is_removed() -> None:
     for speck_vertices, speck_faces in specks:
         faces = np.concatenate([faces, speck_faces + len(vertices)])
         vertices = np.concatenate([vertices, speck_vertices])
-    result = finish_mesh(vertices, faces, gradient_colours, FinishOptions(target_faces=0, texture_size=512))
+    result = finish_mesh(vertices, faces, gradient_colours, FinishOptions(target_faces=0, texture="vertex"))
     assert result.qa["components_kept"] == 1
     assert result.qa["components_removed"] == 2
     contents = read_glb(result.glb)
@@ -137,7 +137,7 @@ def asymmetric_figure() -> tuple[np.ndarray, np.ndarray]:
 def test_gltf_frame_is_y_up_and_faces_the_input_view_along_plus_z() -> None:
     assert np.linalg.det(RECON_TO_GLTF) == pytest.approx(1.0)  # a rotation, never a mirror
     vertices, faces = asymmetric_figure()
-    result = finish_mesh(vertices, faces, gradient_colours, FinishOptions(target_faces=0, texture_size=512))
+    result = finish_mesh(vertices, faces, gradient_colours, FinishOptions(target_faces=0, texture="vertex"))
     assert_valid_glb(result.glb)
     contents = read_glb(result.glb)
     points = contents.positions
@@ -224,4 +224,28 @@ def test_inward_facing_input_is_flipped_outwards() -> None:
     contents = read_glb(result.glb)
     corners = contents.positions[contents.indices]
     assert np.einsum("ij,ij->i", corners[:, 0], np.cross(corners[:, 1], corners[:, 2])).sum() > 0
+    assert_valid_glb(result.glb)
+
+
+def spiral_ramp(turns: float = 1.6, steps: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """An open ramp winding around the z axis: every face looks up, yet it covers itself
+    when seen from above, so a projection along z overlaps."""
+    angle = np.linspace(0, 2 * np.pi * turns, steps)
+    radius = np.array([0.3, 0.45, 0.6])
+    a, r = np.meshgrid(angle, radius, indexing="ij")
+    vertices = np.stack([r * np.cos(a), r * np.sin(a), 0.04 * a], axis=-1).reshape(-1, 3).astype(np.float32)
+    index = np.arange(len(vertices)).reshape(steps, len(radius))
+    quads = np.stack([index[:-1, :-1], index[1:, :-1], index[1:, 1:], index[:-1, 1:]], axis=-1).reshape(-1, 4)
+    faces = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]]).astype(np.int64)
+    return vertices, faces
+
+
+def test_overlapping_box_layout_falls_back_to_xatlas() -> None:
+    vertices, faces = spiral_ramp()
+    result = finish_mesh(vertices, faces, gradient_colours, FinishOptions(target_faces=0, texture_size=512))
+    assert result.qa["uv_chart_method"] == "xatlas"
+    assert "overlapped" in result.qa["notes"][0]
+    assert result.texture.overlap_fraction == 0.0
+    error, samples = rerender_error(result, gradient_colours)
+    assert samples > 10_000 and error <= 2 / 255
     assert_valid_glb(result.glb)

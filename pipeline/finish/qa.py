@@ -12,14 +12,14 @@ from pipeline.finish.clean import CleanReport
 
 def edge_face_counts(faces: np.ndarray) -> tuple[np.ndarray, bool]:
     """(faces per undirected edge, whether every shared edge is traversed in opposite directions)."""
-    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    undirected = np.sort(directed, axis=1)
-    _, inverse, counts = np.unique(undirected, axis=0, return_inverse=True, return_counts=True)
+    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
+    count = int(faces.max()) + 1
+    low, high = directed.min(axis=1), directed.max(axis=1)
+    _, inverse, uses = np.unique(low * count + high, return_inverse=True, return_counts=True)
     # Along a consistently wound shared edge one face goes a->b and the other b->a.
-    forward = (directed[:, 0] < directed[:, 1]).astype(np.int64)
-    forward_per_edge = np.bincount(inverse.reshape(-1), forward, minlength=len(counts))
-    consistent = bool(np.all((counts != 2) | (forward_per_edge == 1)))
-    return counts, consistent
+    forward = np.bincount(inverse, (directed[:, 0] < directed[:, 1]).astype(np.int64), minlength=len(uses))
+    consistent = bool(np.all((uses != 2) | (forward == 1)))
+    return uses, consistent
 
 
 def mesh_qa(mesh: trimesh.Trimesh, clean: CleanReport, bounds: np.ndarray) -> dict[str, Any]:

@@ -23,6 +23,8 @@ import xatlas
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pipeline.errors import Lift3dError
+
 ChartMethod = Literal["box", "xatlas"]
 
 # Chart gutter in texels of the final texture; the bake's border rasterisation reaches
@@ -120,6 +122,9 @@ def unwrap(mesh: trimesh.Trimesh, texture_size: int, method: ChartMethod = "box"
     else:
         raise ValueError(f"unknown chart method {method!r}")
     atlas.generate(chart_options, _pack_options(texture_size))
+    if atlas.atlas_count != 1:
+        # With a resolution and no texel density given, xatlas scales the charts to fit one atlas.
+        raise Lift3dError(f"xatlas packed the charts into {atlas.atlas_count} atlases, not one", code="uv_unwrap_failed")
     vertex_map, indices, packed_uvs = atlas[0]
     source_vertex = source[vertex_map.astype(np.int64)]
     return UVMesh(
