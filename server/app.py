@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import AsyncIterator
@@ -26,6 +27,16 @@ from server.worker import JobManager
 log = logging.getLogger("lift3d.server")
 
 
+DEADLINE_CHECK_SECONDS = 1.0
+
+
+async def _expire_queued_jobs(manager: JobManager) -> None:
+    while True:
+        await asyncio.sleep(DEADLINE_CHECK_SECONDS)
+        if manager.queue_depth():
+            await anyio.to_thread.run_sync(manager.expire_queued)
+
+
 def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
     """Build the app; ``engine`` lets tests inject one with fake stages.
 
@@ -46,9 +57,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
         await anyio.to_thread.run_sync(lifecycle.recover)
         lifecycle.start()
         manager.start()
+        reaper = asyncio.get_running_loop().create_task(_expire_queued_jobs(manager), name="deadline-reaper")
         try:
             yield
         finally:
+            reaper.cancel()
             # serve() usually drained already on SIGTERM; draining again is a no-op.
             await anyio.to_thread.run_sync(manager.drain, settings.server.shutdown_grace_seconds)
             await lifecycle.aclose()

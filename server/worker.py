@@ -211,6 +211,17 @@ class JobManager:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def expire_queued(self) -> int:
+        """Fail queued jobs past their deadline now, not when the worker reaches them (frees queue slots)."""
+        now = time.monotonic()
+        with self._cond:
+            late = [job for job in self._queue if now > job.deadline]
+            for job in late:
+                self._queue.remove(job)
+        for job in late:
+            self._end_unstarted(job, DeadlineExceeded.code, "the job waited in the queue past its deadline")
+        return len(late)
+
     def retry_after_seconds(self) -> int:
         """When a queue slot should free: what is left of the running job, from measured service time."""
         service = self._service_seconds or self._warmup_seconds or DEFAULT_SERVICE_SECONDS

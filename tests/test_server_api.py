@@ -344,25 +344,35 @@ def test_delete_removes_a_queued_job_before_it_runs(api: Api) -> None:
     assert api.stage.calls == calls  # the deleted job never reached the model stage
 
 
+class UncooperativeStage(TimedStage):
+    """Holds the worker on the gate without checking cancellation (a stage stuck in native code)."""
+
+    def run(self, job, ctx) -> None:  # noqa: ANN001
+        self.calls += 1
+        if job.options.seed != 0:  # not the warm-up
+            self.gate.wait(30)
+
+
 def test_queued_job_past_its_deadline_fails_without_running(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", server__job_deadline_seconds=0.5)
     gate = threading.Event()
-    gate.set()
-    stage = TimedStage(0.01, gate=gate)
+    stage = UncooperativeStage(0.0, gate=gate)
     client = start_client(create_app(settings, fake_engine(settings, stage, BoxFinishStage())))
+    raw = {**KEY, "Content-Type": "image/png"}
     try:
-        gate.clear()
-        first = client.post("/v1/jobs?steps=2", content=small_png(), headers={**KEY, "Content-Type": "image/png"})
-        second = client.post("/v1/jobs?steps=2", content=small_png(), headers={**KEY, "Content-Type": "image/png"})
-        time.sleep(0.8)
+        first = client.post("/v1/jobs?steps=2&seed=1", content=small_png(), headers=raw).json()["id"]
+        wait_until(lambda: client.get(f"/v1/jobs/{first}", headers=KEY).json()["status"] == "running")
+        second = client.post("/v1/jobs?steps=2&seed=2", content=small_png(), headers=raw).json()["id"]
+        # Failed while the worker is still busy: the queue slot is freed at once.
+        job = wait_until(lambda: (j := client.get(f"/v1/jobs/{second}", headers=KEY).json())["status"] != "queued" and j, 10)
+        assert (job["status"], job["error"]["code"]) == ("failed", "deadline_exceeded")
+        assert client.get(f"/v1/jobs/{first}", headers=KEY).json()["status"] == "running"
         calls = stage.calls
         gate.set()
-        for response in (first, second):
-            job = wait_until(
-                lambda: (j := client.get(f"/v1/jobs/{response.json()['id']}", headers=KEY).json())["status"] in TERMINAL and j
-            )
-            assert job["status"] == "failed" and job["error"]["code"] == "deadline_exceeded"
-        assert stage.calls == calls  # the queued job never touched the model stage
+        # The running job overran too: its deadline is checked when the stage returns.
+        job = wait_until(lambda: (j := client.get(f"/v1/jobs/{first}", headers=KEY).json())["status"] in TERMINAL and j)
+        assert (job["status"], job["error"]["code"]) == ("failed", "deadline_exceeded")
+        assert stage.calls == calls  # the queued job never reached the model stage
     finally:
         gate.set()
         client.__exit__(None, None, None)
