@@ -17,21 +17,45 @@ bad values; handles Idempotency-Key). Worker: ``start_job`` / ``publish`` /
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import httpx
 import msgspec
 
 from lift3d.settings import StorageSettings
+from pipeline.errors import Lift3dError
 from server import retention
 from server.jobstore import JobRecord, JobStore, new_job_id
 from server.results import ResultStore, open_result_store
 from server.webhooks import WebhookNotifier, check_webhook_request
 
 log = logging.getLogger("lift3d.lifecycle")
+
+LOCK_FILENAME = "lift3d.lock"
+
+
+class DataDirInUse(Lift3dError):
+    """Another live lift3d process owns this data directory (its start-up would fail its jobs)."""
+
+    code = "data_dir_in_use"
+    http_status = 503
+
+
+def lock_data_dir(data_path: Path) -> int:
+    """Hold an exclusive lock on the data dir for this process's life; the kernel drops it on any exit."""
+    fd = os.open(data_path / LOCK_FILENAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirInUse(f"the data directory {data_path} is in use by another lift3d process") from None
+    return fd
 
 
 def request_hash(body: bytes, fields: dict[str, Any]) -> str:
@@ -55,6 +79,7 @@ class DataLifecycle:
         self.settings = settings
         self.clock = clock
         settings.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd: int | None = None
         self.store = JobStore.in_data_dir(settings.data_path)
         self.results = results if results is not None else open_result_store(settings)
         self.notifier = WebhookNotifier(settings, self.store, client=http_client, base_url=base_url)
@@ -66,7 +91,13 @@ class DataLifecycle:
     # -- start-up and shutdown ---------------------------------------------
 
     def recover(self) -> list[JobRecord]:
-        """Start-up, before the worker runs: fail interrupted jobs, drop orphans, expire what is due."""
+        """Start-up, before the worker runs: fail interrupted jobs, drop orphans, expire what is due.
+
+        Takes the data-dir lock first: a second live server on the same directory would
+        otherwise fail the first one's running jobs and sweep its in-flight results.
+        """
+        if self._lock_fd is None:
+            self._lock_fd = lock_data_dir(self.settings.data_path)
         now = self.clock()
         interrupted = self.store.mark_interrupted(now)
         if interrupted:
@@ -88,7 +119,14 @@ class DataLifecycle:
     async def aclose(self, webhook_grace_seconds: float = 10.0) -> None:
         await self.sweeper.stop()
         await self.notifier.aclose(webhook_grace_seconds)
+        self.close()
+
+    def close(self) -> None:
+        """Close the job store and release the data-dir lock (``aclose`` does this too)."""
         self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- submission --------------------------------------------------------
 

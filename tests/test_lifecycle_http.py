@@ -250,4 +250,4 @@ def test_no_upload_bytes_in_the_data_dir(server: ServerProcess) -> None:
     """After every job above, the data dir holds records and encrypted results only."""
     for path in server.data_dir.rglob("*"):
         if path.is_file():
-            assert path.name.startswith("jobs.sqlite3") or path.suffix == ".enc", path
+            assert path.name.startswith("jobs.sqlite3") or path.name == "lift3d.lock" or path.suffix == ".enc", path

@@ -64,5 +64,9 @@ def test_restart_after_sigkill(engine: str, tmp_path: Path, request: pytest.Fixt
         assert second.stop() == 0, second.log_tail()
 
     files = data_files(data_dir)
-    assert [f for f in files if not f.startswith("jobs.sqlite3")] == [f"results/{done_id}/model.glb.enc"], files
+    assert [f for f in files if not f.startswith("jobs.sqlite3")] == [
+        "lift3d.lock",
+        f"results/{done_id}/model.glb.enc",
+    ], files
+    assert (data_dir / "lift3d.lock").stat().st_size == 0
     assert find_canaries(data_dir, needles) == []

@@ -10,7 +10,7 @@ import pytest
 from lift3d.settings import StorageSettings
 from pipeline.errors import InvalidOption
 from server.jobstore import JobStore
-from server.lifecycle import DataLifecycle, request_hash
+from server.lifecycle import DataDirInUse, DataLifecycle, request_hash
 from server.results import ResultNotFound, generate_key_text
 from server.retention import RetentionSweeper, resolve_retention
 
@@ -42,7 +42,7 @@ KEY = generate_key_text()
 def life(tmp_path: Path, clock: Clock) -> DataLifecycle:
     lifecycle = make_lifecycle(tmp_path, clock, default_retention_seconds=100, max_retention_seconds=1000)
     yield lifecycle
-    lifecycle.store.close()
+    lifecycle.close()
 
 
 def finished_job(life: DataLifecycle, owner: str = "alice", retention: int | None = None) -> str:
@@ -50,6 +50,20 @@ def finished_job(life: DataLifecycle, owner: str = "alice", retention: int | Non
     life.start_job(record.id)
     assert life.publish(record.id, {"model.glb": GLB, "views.png": b"\x89PNG-views"}, result={"faces": 10})
     return record.id
+
+
+def test_one_process_per_data_dir(tmp_path: Path, clock: Clock) -> None:
+    first = make_lifecycle(tmp_path, clock)
+    first.recover()
+    second = make_lifecycle(tmp_path, clock)
+    with pytest.raises(DataDirInUse) as info:
+        second.recover()
+    assert info.value.code == "data_dir_in_use"
+    second.close()
+    first.close()
+    third = make_lifecycle(tmp_path, clock)
+    third.recover()
+    third.close()
 
 
 def test_resolve_retention() -> None:
@@ -136,6 +150,7 @@ def test_failed_publish_leaves_nothing(life: DataLifecycle, monkeypatch) -> None
 
 def test_recover_after_a_crash(tmp_path: Path, clock: Clock) -> None:
     first = make_lifecycle(tmp_path, clock)
+    first.recover()
     done = finished_job(first)
     queued, _ = first.new_job(options={})
     running, _ = first.new_job(options={})
@@ -143,7 +158,7 @@ def test_recover_after_a_crash(tmp_path: Path, clock: Clock) -> None:
     # The running job had stored its GLB when the process died, before being marked succeeded.
     first.results.put(running.id, "model.glb", GLB)
     (first.results.root / done / ".model.glb.enc.dead.partial").write_bytes(b"half a file")
-    first.store.close()  # (SIGKILL: no shutdown code runs; closing only releases the file here)
+    first.close()  # (SIGKILL runs no shutdown code; the kernel would release the files and the lock)
 
     second = make_lifecycle(tmp_path, clock)
     interrupted = second.recover()
@@ -154,7 +169,7 @@ def test_recover_after_a_crash(tmp_path: Path, clock: Clock) -> None:
     assert second.read(done, "model.glb") == GLB
     files = sorted(p.relative_to(second.results.root).as_posix() for p in second.results.root.rglob("*"))
     assert files == [done, f"{done}/model.glb.enc", f"{done}/views.png.enc"]
-    second.store.close()
+    second.close()
 
 
 def test_interrupted_jobs_get_their_webhook_after_restart(tmp_path: Path, clock: Clock) -> None:
@@ -162,7 +177,7 @@ def test_interrupted_jobs_get_their_webhook_after_restart(tmp_path: Path, clock:
     first = make_lifecycle(tmp_path, clock, **settings)
     with_hook, _ = first.new_job(options={}, webhook_url="https://hooks.example/a")
     first.new_job(options={})  # no webhook_url: nothing to send
-    first.store.close()
+    first.close()
 
     second = make_lifecycle(tmp_path, clock, **settings)
     scheduled: list[str] = []
@@ -237,7 +252,7 @@ def test_sweeper_survives_a_failing_sweep(tmp_path: Path, clock: Clock) -> None:
 
     asyncio.run(asyncio.wait_for(run(), 5))
     assert len(calls) >= 3
-    life.store.close()
+    life.close()
 
 
 def test_notify_from_the_worker_thread_reaches_the_loop(tmp_path: Path, clock: Clock) -> None:
