@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lift3d.settings import EngineSettings, FinishSettings
 from pipeline.errors import JobCancelled
@@ -97,3 +98,25 @@ def test_stage_stops_between_sub_steps_when_cancelled() -> None:
     with pytest.raises(JobCancelled):
         stage.run(job, ctx)
     assert seen == ["clean", "decimate"] and job.glb is None
+
+
+def test_finishes_what_the_tiny_reconstruction_produces() -> None:
+    """The real hand-over: ReconstructStage (tiny seeded weights, CPU) -> FinishStage -> a valid GLB."""
+    from pipeline.reconstruct import ReconstructStage
+
+    settings = EngineSettings(device="cpu", weights="tiny")
+    runtime = Runtime.from_settings(settings)
+    job = JobState(options=resolve_options(JobOptions(seed=3, texture_size=512), settings))
+    generator = torch.Generator().manual_seed(3)
+    job.views = torch.rand(6, 3, 320, 320, generator=generator)
+    job.metadata.update(seed=3, weights_mode="tiny")
+    reconstruct = ReconstructStage()
+    reconstruct.load(runtime)
+    reconstruct.run(job, StageContext(runtime, "reconstruct", ProgressBus(), CancelToken(), 0.0, 0.9))
+    assert job.mesh is not None
+
+    run_stage(settings, job)
+    report = assert_valid_glb(job.glb)
+    assert report["info"]["totalTriangleCount"] == job.qa["faces"] > 0
+    assert job.qa["bounding_box"]["min"][1] == pytest.approx(0.0, abs=1e-6)
+    assert read_glb(job.glb).gltf.asset.extras["models"]["reconstruct"]["weights_mode"] == "tiny"
