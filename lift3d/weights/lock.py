@@ -100,7 +100,9 @@ class Artifact(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     @property
     def revision(self) -> str | None:
         hub = self.hub_source
-        return hub.revision or None if hub is not None else None
+        if hub is None or not hub.revision:
+            return None
+        return hub.revision
 
     def local_path(self, weights_dir: Path) -> Path:
         return Path(weights_dir).joinpath(*PurePosixPath(self.path).parts)
