@@ -302,7 +302,7 @@ def run_http_benchmark(
         if not (url and api_key):
             raise ValueError("either start a server or give both url and api_key")
         info, levels = asyncio.run(_measure(url, api_key, run, None))
-        server_record = {"started_by_bench": False}
+        server_record = {"started_by_bench": False, "url": url}
     server_record.update(
         version=info.get("version"),
         weights=info.get("weights_mode"),
@@ -311,11 +311,15 @@ def run_http_benchmark(
         profile=info.get("profile"),
         queue_size=(info.get("limits") or {}).get("queue_size"),
     )
+    environment = common.capture_environment(argv, str(info.get("device") or "cpu"))
+    if url and httpx.URL(url).host not in {"127.0.0.1", "localhost", "::1"}:
+        # The device fields describe this (client) machine; the server's own report is in "server".
+        environment["device"]["note"] = "recorded on the client; the server may run elsewhere"
     return {
         "kind": "http",
         "schema_version": common.SCHEMA_VERSION,
         "smoke": smoke,
-        "environment": common.capture_environment(argv, str(info.get("device") or "cpu")),
+        "environment": environment,
         "server": server_record,
         "images": {"files": [photo.name for photo in run.photos]},
         "job_options": dict(run.job_options),
@@ -400,7 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem = common.results_stem(
         "http", weights, common.device_slug(document["environment"]["device"]), smoke=args.smoke, when=common.utc_now()
     )
-    json_path, md_path = common.write_results(document, http_markdown(document), args.out, stem)
+    markdown = http_markdown(document)
+    json_path, md_path = common.write_results(document, markdown, args.out, stem)
+    print(markdown)
+    print()
     print(common.redact(str(json_path)))
     print(common.redact(str(md_path)))
     broken = sum(level["server_errors_5xx"] + level["transport_errors"] for level in document["levels"])

@@ -307,7 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pipeline", args.weights, common.device_slug(document["environment"]["device"]),
         smoke=args.smoke, when=common.utc_now(),
     )
-    json_path, md_path = common.write_results(document, pipeline_markdown(document), args.out, stem)
+    markdown = pipeline_markdown(document)
+    json_path, md_path = common.write_results(document, markdown, args.out, stem)
+    print(markdown)
+    print()
     print(common.redact(str(json_path)))
     print(common.redact(str(md_path)))
     failed = [c["config"]["name"] for c in document["configs"] if "error" in c]

@@ -126,7 +126,7 @@ def stage_table(document: dict[str, Any], only: set[str] | None = None) -> list[
 def pipeline_markdown(document: dict[str, Any]) -> str:
     images = document["images"]
     lines = [
-        f"# Pipeline benchmark: {document['weights']} weights on {document['device']}",
+        f"# Pipeline benchmark: {document['weights']} weights on {document['environment']['device']['name']}",
         "",
         *environment_lines(document),
         peak_line(document),
