@@ -69,11 +69,10 @@ def bake_texture(
     hits = rasterise(torch.as_tensor(uvs, device=device), faces_t, size)
     texel_count = size * size
 
+    chosen = _best_hit_per_texel(hits.texel, hits.inside, texel_count)  # one per covered texel
     strictly_inside = torch.bincount(hits.texel[hits.inside > STRICTLY_INSIDE], minlength=texel_count)
-    covered_count = int((torch.bincount(hits.texel, minlength=texel_count) > 0).sum())
-    overlap = int((strictly_inside > 1).sum()) / max(covered_count, 1)
+    overlap = int((strictly_inside > 1).sum()) / max(len(chosen), 1)
 
-    chosen = _best_hit_per_texel(hits.texel, hits.inside, texel_count)
     corner_ids = faces_t.index_select(0, hits.face.index_select(0, chosen))
     barycentric = hits.barycentric.index_select(0, chosen)
     vertices = torch.as_tensor(positions, dtype=torch.float32, device=device)

@@ -68,7 +68,7 @@ def _slice_hits(corners: torch.Tensor, reach: torch.Tensor, face_ids: torch.Tens
     low = torch.ceil(corners.amin(dim=1) - EDGE_REACH).clamp(0, size - 1)
     high = torch.floor(corners.amax(dim=1) + EDGE_REACH).clamp(0, size - 1)
 
-    # One span per (face, row): the columns where every edge distance is >= -EDGE_REACH.
+    # One span per (face, row): the columns where each edge's distance is >= minus its reach.
     span_face, rank = _expand((high[:, 1] - low[:, 1] + 1).clamp(min=0).long())
     row = low[span_face, 1] + rank
     sa = a.index_select(0, span_face)
