@@ -78,10 +78,6 @@ class Manifest:
         )
         self.save()
 
-    def forget(self, artifact: Artifact) -> None:
-        if self.entries.pop(artifact.path, None) is not None:
-            self.save()
-
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".json.partial")

@@ -23,7 +23,6 @@ from pipeline.errors import WeightsCorrupt, WeightsMissing
 
 log = logging.getLogger("lift3d.weights.sources")
 
-CHUNK = 1 << 20
 CONNECT_TIMEOUT_S = 15.0
 READ_TIMEOUT_S = 60.0
 
