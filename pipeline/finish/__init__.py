@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from pipeline.errors import Lift3dError
@@ -38,7 +39,8 @@ def gltf_extras(metadata: dict[str, Any]) -> dict[str, Any]:
                 models[stage] = provenance
     if models:
         extras["models"] = models
-    return extras
+    # The GLB's JSON must stay valid whatever a stage recorded (numpy scalars, paths...).
+    return json.loads(json.dumps(extras, default=str))
 
 
 class FinishStage:
