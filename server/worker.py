@@ -73,12 +73,13 @@ class LiveJob:
 
 
 def result_summary(result: JobResult) -> dict[str, Any]:
-    """Result metadata for the job record: numbers about the model, never bytes."""
-    qa = result.qa
-    summary: dict[str, Any] = {"bytes": len(result.glb), "weights_mode": result.weights_mode}
-    for key in ("vertices", "faces", "texture_size", "watertight", "components", "texture", "extent_m"):
-        if key in qa and isinstance(qa[key], (int, float, str, bool, list)):
-            summary[key] = qa[key]
+    """Result metadata for the job record: the finishing stage's QA numbers, never bytes."""
+    summary: dict[str, Any] = {
+        key: value
+        for key, value in result.qa.items()
+        if isinstance(value, (int, float, str, bool, list, dict)) and key != "bytes"
+    }
+    summary.update(bytes=len(result.glb), weights_mode=result.weights_mode)
     summary.setdefault("texture_size", result.options.texture_size)
     return summary
 

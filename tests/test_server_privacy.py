@@ -20,7 +20,6 @@ import os
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -205,7 +204,7 @@ def test_upload_marker_never_reaches_disk_or_logs(
         resolved = str(Path(path).resolve())
         assert resolved.startswith(data_root), f"wrote outside the data dir: {path}"
         name = Path(resolved).name
-        assert name.endswith((".enc", ".partial", ".sqlite3", ".sqlite3-wal", ".sqlite3-shm", ".sqlite3-journal", ".key", "api_key")), path
+        assert name.endswith((".enc", ".partial", ".sqlite3", ".sqlite3-wal", ".sqlite3-shm", ".sqlite3-journal", ".key", "api_key", "lift3d.lock")), path
     assert list(temp_dir.iterdir()) == []
     assert files_containing(temp_dir, needles) == []
     assert files_containing(data_dir, needles) == []
