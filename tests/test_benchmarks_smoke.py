@@ -197,6 +197,19 @@ def test_readme_block_comes_only_from_committed_results(fake_run: dict[str, Any]
     assert "old numbers" not in text and text.startswith("intro\n") and text.endswith("outro\n")
 
 
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """../shared/images where present; else a synthetic object photo, so a fresh clone runs the smoke too."""
+    shared = common.default_images_dir()
+    if shared.is_dir() and any(p.suffix.lower() in common.IMAGE_SUFFIXES for p in shared.iterdir()):
+        return shared
+    from pipeline.engine import warmup_image_png
+
+    folder = tmp_path_factory.mktemp("synthetic-photos")
+    (folder / "synthetic.png").write_bytes(warmup_image_png(384))
+    return folder
+
+
 def _only_json(folder: Path, prefix: str) -> dict[str, Any]:
     files = sorted(folder.glob(f"{prefix}*.json"))
     assert len(files) == 1, files
@@ -215,15 +228,14 @@ def _check_environment(document: dict[str, Any]) -> None:
     assert document["smoke"] is True and document["schema_version"] == common.SCHEMA_VERSION
 
 
-@pytest.mark.shared
 @pytest.mark.timeout(300)
-def test_bench_pipeline_smoke_tiny_engine(tmp_path: Path, u2netp_weights_dir: Path, shared_images: list[Path]) -> None:
+def test_bench_pipeline_smoke_tiny_engine(tmp_path: Path, u2netp_weights_dir: Path, photo_folder: Path) -> None:
     # One configuration, one photo, the smallest texture: the engine's warm-up, the FLOP-counting
     # job and one timed job. Several configurations and speedups are covered by the fake-stage test.
     torch.set_num_threads(2)
     small = "dtype=float32,steps=1,finish.texture_size=512,finish.target_faces=5000"
     code = bench_pipeline.main([
-        "--images", str(shared_images[0].parent), "-n", "1", "--weights", "tiny", "--device", "cpu",
+        "--images", str(photo_folder), "-n", "1", "--weights", "tiny", "--device", "cpu",
         "--weights-dir", str(u2netp_weights_dir), "--warmup", "0", "--config", f"baseline:{small}",
         "--matmul-size", "256", "--copy-mb", "16", "--out", str(tmp_path), "--smoke",
     ])
@@ -254,12 +266,11 @@ def test_bench_pipeline_smoke_tiny_engine(tmp_path: Path, u2netp_weights_dir: Pa
     assert entry["throughput_jobs_per_min"] > 0 and set(entry["load_s_by_stage"]) == set(STAGES)
 
 
-@pytest.mark.shared
 @pytest.mark.timeout(300)
-def test_bench_http_smoke_real_server(tmp_path: Path, u2netp_weights_dir: Path, shared_images: list[Path]) -> None:
+def test_bench_http_smoke_real_server(tmp_path: Path, u2netp_weights_dir: Path, photo_folder: Path) -> None:
     # Queue size 1 and three clients: one job runs, one waits, the third must see a 429.
     code = bench_http.main([
-        "--images", str(shared_images[0].parent), "-n", "2", "--weights", "tiny", "--device", "cpu",
+        "--images", str(photo_folder), "-n", "2", "--weights", "tiny", "--device", "cpu",
         "--weights-dir", str(u2netp_weights_dir), "--queue-size", "1", "--levels", "1,3", "--window", "1",
         "--steps", "1", "--option", "texture_size=512", "--option", "target_faces=5000", "--warmup", "0",
         "--out", str(tmp_path), "--smoke",
