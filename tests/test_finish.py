@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion
 
+from pipeline.errors import EmptyReconstruction
 from pipeline.finish import RECON_TO_GLTF, FinishOptions, finish_mesh
 from pipeline.finish.color import srgb_to_linear
 from tests.finish_analytic import (
@@ -249,3 +250,10 @@ def test_overlapping_box_layout_falls_back_to_xatlas() -> None:
     error, samples = rerender_error(result, gradient_colours)
     assert samples > 10_000 and error <= 2 / 255
     assert_valid_glb(result.glb)
+
+
+def test_a_mesh_of_only_degenerate_faces_is_a_typed_error() -> None:
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [0, 0, 0]], np.float32)  # collinear, duplicated
+    faces = np.array([[0, 1, 2], [0, 3, 1]])
+    with pytest.raises(EmptyReconstruction):
+        finish_mesh(vertices, faces, gradient_colours, FinishOptions())

@@ -12,7 +12,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from pipeline.errors import Lift3dError
+from pipeline.errors import EmptyReconstruction
 from pipeline.finish.bake import BakedTexture, bake_texture, query_colours
 from pipeline.finish.clean import clean_mesh
 from pipeline.finish.color import srgb_to_linear
@@ -80,7 +80,7 @@ def finish_mesh(
 
     mesh, clean_report = clean_mesh(vertices, faces, options.debris_fraction)
     if len(mesh.faces) == 0:
-        raise Lift3dError("the mesh has no faces left after cleaning", code="empty_mesh")
+        raise EmptyReconstruction("the reconstructed mesh has no faces left after cleaning (all were degenerate)")
     step_done("clean")
 
     mesh = decimate(mesh, options.target_faces)
