@@ -463,6 +463,7 @@ def test_drain_fails_queued_jobs_and_cancels_the_running_one_after_the_grace(api
     running = api.submit(steps=5).json()["id"]
     api.wait_status(running, {"running"})
     queued = api.submit(steps=5).json()["id"]
+    live = [api.manager.live(running), api.manager.live(queued)]
     started = time.monotonic()
     api.manager.drain(0.3)
     assert time.monotonic() - started < 5
@@ -472,6 +473,7 @@ def test_drain_fails_queued_jobs_and_cancels_the_running_one_after_the_grace(api
     for job_id in (running, queued):
         job = api.job(job_id)
         assert (job["status"], job["error"]["code"]) == ("failed", "shutting_down"), job_id
+    assert all(job is not None and job.image is None for job in live)  # uploads dropped on shutdown too
 
 
 def test_sse_sends_keepalive_comments_while_a_job_waits(api: Api) -> None:
