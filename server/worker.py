@@ -24,7 +24,7 @@ from pipeline.errors import DeadlineExceeded, JobCancelled, Lift3dError
 from pipeline.events import CancelToken, ProgressEvent
 from pipeline.options import JobOptions
 from pipeline.state import JobResult
-from server.jobstore import JobRecord
+from server.jobstore import IdempotencyKeyReused, JobRecord
 from server.lifecycle import DataLifecycle
 from server.metrics import Metrics
 from server.problems import ApiError
@@ -164,7 +164,9 @@ class JobManager:
         key = new_job.get("idempotency_key")
         if key is not None:
             existing = self.lifecycle.store.find_by_idempotency_key(key)
-            if existing is not None and existing.request_hash == new_job.get("request_hash"):
+            if existing is not None:
+                if existing.request_hash != new_job.get("request_hash"):
+                    raise IdempotencyKeyReused("this Idempotency-Key was already used with a different request")
                 return existing, False
         with self._cond:
             if self.draining:
