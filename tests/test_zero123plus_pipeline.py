@@ -200,3 +200,14 @@ def test_saved_folder_loads_back_identically(tmp_path, tiny_pipeline):
 def test_missing_folder_raises_weights_missing(tmp_path):
     with pytest.raises(WeightsMissing, match="lift3d weights pull"):
         load_components(tmp_path / "sudo-ai" / "zero123plus-v1.2")
+
+
+def test_half_precision_networks_track_float32(tiny_pipeline):
+    """The GPU path (bf16 networks, float32 latents and sampler) runs and stays close to float32."""
+    half = Zero123PlusPipeline(build_random_components(TINY_CONFIG_DIR, seed=0, dtype=torch.bfloat16))
+    assert half.dtype == torch.bfloat16 and half.components.vae.dtype == torch.bfloat16
+    kwargs = dict(num_inference_steps=1, width=WIDTH, height=HEIGHT)
+    out_half = half(rgba_image(0), generator=torch.Generator().manual_seed(9), **kwargs)
+    out_full = tiny_pipeline(rgba_image(0), generator=torch.Generator().manual_seed(9), **kwargs)
+    assert out_half.views.dtype == torch.float32 and torch.isfinite(out_half.views).all()
+    assert (out_half.views - out_full.views).abs().mean() < 0.02

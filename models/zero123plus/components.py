@@ -100,11 +100,13 @@ def load_components(
     for subfolder in ("unet", "vae", "text_encoder", "vision_encoder", "tokenizer"):
         if not (folder / subfolder).is_dir():
             raise WeightsMissing(f"{folder / subfolder} is missing; {PULL_HINT}")
+    # accelerate is not a dependency: diffusers initialises then overwrites, once per process.
     offline = {"local_files_only": True}
+    diffusers_options = {**offline, "low_cpu_mem_usage": False}
     try:
         # The files are float16 (text/vision/VAE); loading straight into ``dtype`` upcasts them.
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **offline)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **offline)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **diffusers_options)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **diffusers_options)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype, **offline)
         vision_encoder = CLIPVisionModelWithProjection.from_pretrained(
             folder, subfolder="vision_encoder", dtype=dtype, **offline
