@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import platform
 import statistics
 import subprocess
@@ -117,38 +118,51 @@ def main() -> None:
 
 
 def write_results(args, vertices, faces, runs, median, best, cpu_median, qa) -> None:  # noqa: ANN001
+    """Write (or replace) this configuration's section of the results file, keeping the others."""
     command = "python benchmarks/bench_finish.py " + " ".join(sys.argv[1:])
     columns = [*SUB_STEPS, "total"]
-    lines = [
-        "# Finishing benchmark (CPU)",
+    title = f"## torch threads {args.threads}, charts {args.charts}"
+    section = [
+        title,
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- commit: {git_commit()}",
-        f"- machine: {cpu_model()}, {len(__import__('os').sched_getaffinity(0))} cores visible, torch threads {args.threads}",
-        f"- load average after the runs: {load_average()} (the machine is shared with other engineers' jobs; timings are noisy and pessimistic)",
+        f"- machine: {cpu_model()}, {len(os.sched_getaffinity(0))} cores visible",
+        f"- load average after the runs: {load_average()} (the machine is shared with other engineers' jobs; "
+        "timings are noisy and pessimistic)",
         f"- command: `{command}`",
         f"- input: marching-cubes lumpy sphere, {len(vertices)} vertices, {len(faces)} faces",
         f"- output: {qa['faces']} faces, {qa['vertices']} vertices, {qa['uv_charts']} UV charts ({qa['uv_chart_method']}), "
         f"{args.texture_size}² texture, {qa['bytes']} bytes",
         "",
-        "Seconds per sub-step:",
-        "",
         "| run | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
     for index, run in enumerate(runs, 1):
-        lines.append(f"| {index} | " + " | ".join(f"{run[name]:.3f}" for name in columns) + " |")
-    lines.append("| median | " + " | ".join(f"{median[name]:.3f}" for name in columns) + " |")
-    lines.append("| best | " + " | ".join(f"{best[name]:.3f}" for name in columns) + " |")
-    lines.append("| median CPU time | " + " | ".join(f"{cpu_median[name]:.3f}" for name in columns) + " |")
-    lines += [
+        section.append(f"| {index} | " + " | ".join(f"{run[name]:.3f}" for name in columns) + " |")
+    section.append("| median | " + " | ".join(f"{median[name]:.3f}" for name in columns) + " |")
+    section.append("| best | " + " | ".join(f"{best[name]:.3f}" for name in columns) + " |")
+    section.append("| median CPU time | " + " | ".join(f"{cpu_median[name]:.3f}" for name in columns) + " |")
+    header = [
+        "# Finishing benchmark (CPU)",
         "",
-        "Wall seconds per run; \"median CPU time\" is this process's CPU seconds (all its threads),",
-        "which the other jobs on the machine inflate far less than wall time. With torch threads 1",
-        "and an idle machine, wall time is close to CPU time.",
+        "Seconds per sub-step (wall clock) for one finishing job. \"median CPU time\" is this",
+        "process's CPU seconds over all its threads, which the other jobs on the shared machine",
+        "inflate far less than wall time; on an idle machine with one torch thread, wall time is",
+        "close to it. The colour field is analytic, so `bake` excludes a network's colour MLP.",
         "",
     ]
-    RESULTS.write_text("\n".join(lines) + "\n")
+    sections: dict[str, list[str]] = {}
+    if RESULTS.exists():
+        current: list[str] | None = None
+        for line in RESULTS.read_text().splitlines():
+            if line.startswith("## "):
+                current = sections.setdefault(line, [])
+            if current is not None:
+                current.append(line)
+    sections[title] = section + [""]
+    body = [line for key in sorted(sections) for line in sections[key]]
+    RESULTS.write_text("\n".join(header + body).rstrip() + "\n")
     print(f"wrote {RESULTS.relative_to(REPO)}")
 
 
