@@ -168,8 +168,15 @@ def test_grid_size_must_split_into_latent_views(tiny_pipeline):
         tiny_pipeline(rgba_image(0), num_inference_steps=1, width=WIDTH + 8, height=HEIGHT)
 
 
-def test_saved_folder_loads_back_identically(tmp_path, tiny_pipeline):
+def test_saved_folder_loads_back_identically(tmp_path, tiny_pipeline, monkeypatch):
     """The diffusers-layout loader (locked mode's path) reads what the components save, and the UNet swap is strict."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    def no_slow_path(*args, **kwargs):
+        raise AssertionError("UNet/VAE should load through the meta-device strict path")
+
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", no_slow_path)
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", no_slow_path)
     components = tiny_pipeline.components
     for name, model in components.models().items():
         model.save_pretrained(tmp_path / name)

@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -38,6 +38,8 @@ TINY_CONFIG_DIR = CONFIGS_DIR / "tiny"
 # The real repo has no tokenizer among our configs (1.6 MB of vocabulary); random-weight
 # full-size builds use the tiny byte-level CLIP tokenizer, whose ids fit any CLIP vocabulary.
 RANDOM_TOKENIZER_DIR = TINY_CONFIG_DIR / "tokenizer"
+
+ModelT = TypeVar("ModelT", UNet2DConditionModel, AutoencoderKL)
 
 PULL_HINT = "run `lift3d weights pull --profile quality`, or try the server with `--weights dummy`"
 
@@ -100,13 +102,10 @@ def load_components(
     for subfolder in ("unet", "vae", "text_encoder", "vision_encoder", "tokenizer"):
         if not (folder / subfolder).is_dir():
             raise WeightsMissing(f"{folder / subfolder} is missing; {PULL_HINT}")
-    # accelerate is not a dependency: diffusers initialises then overwrites, once per process.
     offline = {"local_files_only": True}
-    diffusers_options = {**offline, "low_cpu_mem_usage": False}
     try:
-        # The files are float16 (text/vision/VAE); loading straight into ``dtype`` upcasts them.
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **diffusers_options)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **diffusers_options)
+        unet = _load_diffusers_model(UNet2DConditionModel, folder / "unet", device, dtype)
+        vae = _load_diffusers_model(AutoencoderKL, folder / "vae", device, dtype)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype, **offline)
         vision_encoder = CLIPVisionModelWithProjection.from_pretrained(
             folder, subfolder="vision_encoder", dtype=dtype, **offline
@@ -121,6 +120,26 @@ def load_components(
         **_light_components(folder, folder / "tokenizer"),
     )
     return components.to(device)
+
+
+def _load_diffusers_model(cls: type[ModelT], folder: Path, device: torch.device | str, dtype: torch.dtype) -> ModelT:
+    """Build on the meta device and assign the file's tensors strictly: no throw-away random init.
+
+    Falls back to diffusers' own loader for files it must convert (legacy key names) or
+    models with buffers outside the state dict.
+    """
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if weights.is_file():
+        with torch.device("meta"):
+            model = cls.from_config(cls.load_config(folder))
+        state_dict = {key: value.to(dtype) for key, value in load_file(weights, device=str(device)).items()}
+        expected = model.state_dict()
+        if set(state_dict) == set(expected) and all(state_dict[k].shape == expected[k].shape for k in expected):
+            model.load_state_dict(state_dict, strict=True, assign=True)
+            if not any(tensor.is_meta for tensor in (*model.parameters(), *model.buffers())):
+                return model.eval()
+    # accelerate is not a dependency: diffusers initialises randomly, then overwrites.
+    return cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False)
 
 
 def build_random_components(
