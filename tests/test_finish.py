@@ -217,6 +217,15 @@ def test_material_is_pbr_single_sided_with_normals_and_an_srgb_texture() -> None
     assert attributes.NORMAL is not None and attributes.TEXCOORD_0 is not None
     assert gltf.asset.generator.startswith("lift3d ")
     assert report["info"]["totalTriangleCount"] == result.qa["faces"]
+    # Vertices split along UV seams keep one normal: no shading seams.
+    contents = read_glb(result.glb)
+    _, welded, copies = np.unique(np.round(contents.positions, 6), axis=0, return_inverse=True, return_counts=True)
+    welded = welded.reshape(-1)
+    split = copies[welded] > 1
+    assert split.sum() > 0
+    first_normal = np.zeros((len(copies), 3))
+    first_normal[welded[::-1]] = contents.normals[::-1]
+    np.testing.assert_allclose(contents.normals[split], first_normal[welded[split]], atol=1e-6)
 
 
 def test_inward_facing_input_is_flipped_outwards() -> None:
