@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -155,16 +156,22 @@ class LoadGenerator:
             break
         submit_s = time.perf_counter() - started
         accepted = response.json()
-        record = await _follow(self.client, accepted["links"], self.job_timeout_s)
-        download_s = None
-        if record["status"] == "succeeded":
-            download_started = time.perf_counter()
-            glb = await self.client.get(accepted["links"]["model"])
-            glb.raise_for_status()
-            download_s = time.perf_counter() - download_started
+        try:
+            record = await _follow(self.client, accepted["links"], self.job_timeout_s)
+            download_s = None
+            if record["status"] == "succeeded":
+                download_started = time.perf_counter()
+                glb = await self.client.get(accepted["links"]["model"])
+                glb.raise_for_status()
+                download_s = time.perf_counter() - download_started
+        except (httpx.HTTPError, TimeoutError, ValueError, KeyError) as error:
+            # A job the client lost track of is a failure of this level, not of the benchmark.
+            log.warning("job %s: %s: %s", accepted.get("id"), type(error).__name__, error)
+            record, download_s = {"status": "client_error", "error": {"code": type(error).__name__}}, None
         finished = time.perf_counter()
         if self.delete:
-            await self.client.delete(accepted["links"]["self"])
+            with contextlib.suppress(httpx.HTTPError):  # clean-up only; the job expires anyway
+                await self.client.delete(accepted["links"]["self"])
         return Outcome(
             status=record["status"],
             latency_s=finished - started,
@@ -222,6 +229,8 @@ def level_report(concurrency: int, window_s: float, tally: LevelTally, elapsed_s
         "errors": server_errors + other_rejections + tally.transport_errors,
         "server_errors_5xx": server_errors,
         "transport_errors": tally.transport_errors,
+        # Accepted jobs the client lost track of (stream broke, GLB download failed, timed out).
+        "client_errors": sum(1 for o in failed if o.status == "client_error"),
         "throughput_jobs_per_min": 60.0 * len(succeeded) / elapsed_s if elapsed_s > 0 else None,
         "latency_s": common.summarize(o.latency_s for o in succeeded),
         "submit_s": common.summarize(o.submit_s for o in succeeded),
@@ -410,7 +419,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(common.redact(str(json_path)))
     print(common.redact(str(md_path)))
-    broken = sum(level["server_errors_5xx"] + level["transport_errors"] for level in document["levels"])
+    broken = sum(
+        level["server_errors_5xx"] + level["transport_errors"] + level["client_errors"]
+        for level in document["levels"]
+    )
     return 1 if broken else 0
 
 

@@ -286,6 +286,7 @@ def test_bench_http_smoke_real_server(tmp_path: Path, u2netp_weights_dir: Path, 
     assert document["job_options"] == {"seed": 0, "steps": 1, "texture_size": "512", "target_faces": "5000"}
     for level in (single, crowded):
         assert level["succeeded"] >= 1 and level["failed"] == 0 and level["server_errors_5xx"] == 0
+        assert level["client_errors"] == 0 and level["transport_errors"] == 0
         assert level["throughput_jobs_per_min"] > 0
         assert 0 < level["latency_s"]["median"] <= level["latency_s"]["p95"]
         assert level["queue_wait_s"]["n"] == level["service_s"]["n"] == level["succeeded"]
