@@ -210,6 +210,55 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def test_http_client_bookkeeping_against_a_scripted_server() -> None:
+    """429 then 202, SSE to the end event, GLB, DELETE: counts and record spans come out exact."""
+    import asyncio
+
+    import httpx
+
+    record = {
+        "id": "j1", "status": "succeeded", "created_at": "2026-01-01T00:00:00Z",
+        "started_at": "2026-01-01T00:00:02.5Z", "finished_at": "2026-01-01T00:00:06Z",
+        "timings": {"multiview": 3.0}, "links": {},
+    }
+    links = {"self": "/v1/jobs/j1", "events": "/v1/jobs/j1/events", "model": "/v1/jobs/j1/model.glb"}
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        if request.method == "POST":
+            assert b'name="steps"' in request.content and b"image/png" in request.content
+            if calls.count("POST /v1/jobs") == 1:
+                return httpx.Response(429, headers={"Retry-After": "0"})
+            return httpx.Response(202, json={"id": "j1", "status": "queued", "queue_position": 0, "links": links})
+        if request.url.path.endswith("/events"):
+            body = (
+                ": keep-alive\n\nevent: status\ndata: {\"status\": \"running\"}\n\n"
+                f"event: end\ndata: {json.dumps(record)}\n\n"
+            )
+            return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+        if request.url.path.endswith("model.glb"):
+            return httpx.Response(200, content=b"glTF")
+        return httpx.Response(204)
+
+    async def scenario() -> tuple[Any, Any]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://bench") as client:
+            photo = bench_http.Photo("p.png", b"\x89PNG\r\n\x1a\n", "image/png")
+            generator = bench_http.LoadGenerator(client, [photo], {"steps": "2"}, job_timeout_s=5, delete=True)
+            tally = bench_http.LevelTally()
+            return await generator.one_job(photo, tally, None), tally
+
+    outcome, tally = asyncio.run(scenario())
+    assert calls[-1] == "DELETE /v1/jobs/j1" and "GET /v1/jobs/j1/model.glb" in calls
+    assert (tally.attempts, tally.rejected_429, dict(tally.http_status)) == (2, 1, {429: 1, 202: 1})
+    assert outcome.status == "succeeded" and outcome.timings == {"multiview": 3.0}
+    assert outcome.queue_wait_s == pytest.approx(2.5) and outcome.service_s == pytest.approx(3.5)
+    tally.outcomes.append(outcome)
+    report = bench_http.level_report(1, 10.0, tally, 30.0)
+    assert report["rate_429"] == 0.5 and report["throughput_jobs_per_min"] == 2.0
+    assert report["queue_wait_s"]["median"] == pytest.approx(2.5) and report["failed"] == 0
+
+
 def _only_json(folder: Path, prefix: str) -> dict[str, Any]:
     files = sorted(folder.glob(f"{prefix}*.json"))
     assert len(files) == 1, files
