@@ -278,7 +278,7 @@ async def _measure(url: str, api_key: str, run: HttpRun, server_pid: int | None)
         levels = []
         try:
             for concurrency in run.levels:
-                gpu.reset()
+                gpu.reset(until=time.perf_counter() + run.window_s)
                 process = ProcessSampler(server_pid)
                 log.info("concurrency %d for %.0f s", concurrency, run.window_s)
                 with gpu, process:

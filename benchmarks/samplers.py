@@ -7,6 +7,7 @@ driver, the sampler reports why instead of a number.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import psutil
@@ -48,6 +49,7 @@ class GpuSampler(_PeriodicSampler):
         self.utilization: list[float] = []
         self.memory_used: list[int] = []
         self.reason: str | None = None
+        self.until: float | None = None
         self._nvml: Any = None
         self._handle: Any = None
         try:
@@ -66,13 +68,15 @@ class GpuSampler(_PeriodicSampler):
         return self._nvml is not None
 
     def sample(self) -> None:
-        if self._nvml is None:
+        if self._nvml is None or (self.until is not None and time.perf_counter() > self.until):
             return
         self.utilization.append(float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
         self.memory_used.append(int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used))
 
-    def reset(self) -> None:
+    def reset(self, until: float | None = None) -> None:
+        """Start a new level; sample only until ``until`` (perf_counter): the window the queue is kept full."""
         self.utilization, self.memory_used = [], []
+        self.until = until
 
     def report(self) -> dict[str, Any]:
         if not self.available:

@@ -259,6 +259,38 @@ def test_http_client_bookkeeping_against_a_scripted_server() -> None:
     assert report["queue_wait_s"]["median"] == pytest.approx(2.5) and report["failed"] == 0
 
 
+def test_gpu_sampler_reads_nvml_within_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NVML path, on a machine without a GPU: a stand-in module with the same calls."""
+    import sys
+    import time
+    import types
+
+    from benchmarks.samplers import GpuSampler
+
+    readings = iter([40.0, 60.0, 80.0])
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda index: f"gpu{index}",
+        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=next(readings)),
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=2**30),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    sampler = GpuSampler(index=0)
+    assert sampler.available
+    sampler.reset(until=time.perf_counter() + 60)
+    for _ in range(3):
+        sampler.sample()
+    sampler.until = time.perf_counter() - 1  # the window closed: the drain is not sampled
+    sampler.sample()
+    report = sampler.report()
+    assert report["samples"] == 3 and report["mean_percent"] == 60.0 and report["max_percent"] == 80.0
+    assert report["peak_memory_used_bytes"] == 2**30
+    sampler.close()
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails: the report says why
+    assert GpuSampler().report() == {"available": False, "reason": "nvidia-ml-py is not installed"}
+
+
 def _only_json(folder: Path, prefix: str) -> dict[str, Any]:
     files = sorted(folder.glob(f"{prefix}*.json"))
     assert len(files) == 1, files
