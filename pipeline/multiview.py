@@ -15,8 +15,8 @@ real 640x960 grid.
 from __future__ import annotations
 
 import io
-import logging
-from typing import ClassVar
+from contextlib import contextmanager
+from typing import ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,6 @@ from pipeline.errors import Lift3dError
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import JobState
-
-log = logging.getLogger("lift3d.multiview")
 
 VIEW_SIZE = 320
 GRID_SIZE = (2 * VIEW_SIZE, 3 * VIEW_SIZE)  # PIL (width, height)
@@ -57,6 +55,20 @@ def _views_to_contract(views: torch.Tensor) -> torch.Tensor:
         return views.contiguous()
     resized = F.interpolate(views, size=(VIEW_SIZE, VIEW_SIZE), mode="bilinear", antialias=True, align_corners=False)
     return resized.clamp(0, 1)
+
+
+@contextmanager
+def intra_op_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` torch intra-op threads, restoring the previous setting (jobs run one at a time)."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -109,15 +121,16 @@ class MultiviewStage:
             return tensors
 
         ctx.check_cancelled()
-        output = self.model.pipeline(
-            condition,
-            num_inference_steps=steps,
-            guidance_scale=options.guidance,
-            width=self.model.width,
-            height=self.model.height,
-            generator=torch.Generator("cpu").manual_seed(options.seed),
-            callback_on_step_end=on_step_end,
-        )
+        with intra_op_threads(self.model.cpu_threads):
+            output = self.model.pipeline(
+                condition,
+                num_inference_steps=steps,
+                guidance_scale=options.guidance,
+                width=self.model.width,
+                height=self.model.height,
+                generator=torch.Generator("cpu").manual_seed(options.seed),
+                callback_on_step_end=on_step_end,
+            )
         job.views = _views_to_contract(output.views).float().cpu()
         job.views_grid = output.grid if output.grid.size == GRID_SIZE else output.grid.resize(GRID_SIZE, Image.BICUBIC)
         job.view_poses = [pose.as_dict() for pose in VIEW_POSES]

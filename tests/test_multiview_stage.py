@@ -115,8 +115,13 @@ def test_cancellation_stops_within_one_step(tiny_stage):
     bus = ProgressBus([events.append, cancel_after_second_step])
     ctx = StageContext(runtime_for("tiny"), "multiview", bus, cancel, 0.0, 1.0)
     job = make_job(seed=3, steps=10)
-    with pytest.raises(JobCancelled):
-        tiny_stage.run(job, ctx)
+    torch.set_num_threads(2)  # the tiny model runs single-threaded and must restore this, even when cancelled
+    try:
+        with pytest.raises(JobCancelled):
+            tiny_stage.run(job, ctx)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
     assert [event.step for event in events] == [1, 2]
     assert job.views is None
 
