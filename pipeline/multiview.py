@@ -35,10 +35,8 @@ GRID_SIZE = (2 * VIEW_SIZE, 3 * VIEW_SIZE)  # PIL (width, height)
 
 def lock_revisions(stage: str = "multiview") -> dict[str, str]:
     """weights.lock's pinned revision (or status) per multiview artifact; empty if no lock is readable."""
-    try:
-        from lift3d.weights.lock import LockError, load_lock
-    except ImportError:
-        return {}
+    from lift3d.weights.lock import LockError, load_lock
+
     try:
         lock = load_lock()
     except (LockError, OSError):
