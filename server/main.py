@@ -68,10 +68,34 @@ class DrainingServer(uvicorn.Server):
         threading.Thread(target=drain_then_exit, name="lift3d-drain", daemon=True).start()
 
 
+def missing_weights_problem(settings: Settings) -> str | None:
+    """Why ``locked`` mode can't start (files absent from the weights dir), or None.
+
+    Checked before anything loads so an operator gets one line naming the fix, not
+    a server that never turns ready. tiny/dummy modes read only the background
+    model and fall back to a labelled heuristic without it, so they only warn.
+    """
+    from lift3d.weights import missing_files, profile_for, weights_missing
+
+    missing = missing_files(settings.engine)
+    if not missing:
+        return None
+    error = weights_missing([a.path for a in missing], profile_for(settings.engine), settings.engine.weights_path)
+    if settings.engine.weights == "locked":
+        return error.message
+    log.warning("%s", error.message)
+    return None
+
+
 def serve(settings: Settings, engine: Engine | None = None) -> int:
     # The server never reaches the Hub at run time: weights are pulled ahead with `lift3d weights pull`.
     os.environ["HF_HUB_OFFLINE"] = "1"
     configure_logging()
+    if engine is None:
+        problem = missing_weights_problem(settings)
+        if problem is not None:
+            print(f"lift3d: {problem}", file=sys.stderr)
+            return 2
     from server.app import create_app
 
     try:

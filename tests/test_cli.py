@@ -111,3 +111,15 @@ def test_cli_contract_flags_exist() -> None:
     assert (args.image, args.output, args.weights, args.device, args.seed, args.steps) == ("in.png", "out.glb", "dummy", "cuda", 1, 3)
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--weights", "huge"])
+
+
+def test_serve_in_locked_mode_without_weights_exits_with_the_pull_command(tmp_path, capsys):
+    from lift3d.cli import main
+
+    code = main(["serve", "--weights", "locked", "--device", "cpu", "--weights-dir", str(tmp_path / "empty"),
+                 "--data-dir", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "lift3d weights pull --profile" in err
+    assert "--weights dummy" in err
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
