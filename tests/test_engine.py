@@ -22,6 +22,7 @@ from pipeline.runtime import Runtime
 from pipeline.stage import Stage, StageContext
 from pipeline.state import JobState
 from tests.conftest import shared_path
+from tests.write_audit import WriteAudit
 
 FAKE_GLB = b"glTF-fake"
 
@@ -180,36 +181,6 @@ def test_warmup_runs_the_real_front_stages(tmp_path):
 
 
 # ---------------------------------------------------------------- nothing on disk
-
-
-class WriteAudit:
-    """Records every file opened for writing while active (sys audit hooks can't be removed: gate them)."""
-
-    active: list[str] | None = None
-    installed = False
-
-    @classmethod
-    def hook(cls, event: str, args: tuple) -> None:
-        if cls.active is None or event != "open":
-            return
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-            isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
-        )
-        if writing:
-            cls.active.append(str(path))
-
-    @classmethod
-    def start(cls) -> None:
-        if not cls.installed:
-            sys.addaudithook(cls.hook)
-            cls.installed = True
-        cls.active = []
-
-    @classmethod
-    def stop(cls) -> list[str]:
-        written, cls.active = cls.active or [], None
-        return written
 
 
 def snapshot(folder: Path) -> set[str]:
