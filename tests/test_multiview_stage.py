@@ -23,12 +23,7 @@ from pipeline.state import JobState
 STEPS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def runtime_for(mode: str = "tiny", weights_dir: str = "unused", variant: str = "instantmesh") -> Runtime:
