@@ -19,7 +19,9 @@ from pipeline.errors import Lift3dError
 log = logging.getLogger("lift3d.server")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-PROBLEM_TYPE_BASE = "https://lift3d.dev/problems/"
+# A URN, not a URL: the project owns no domain to host problem pages on, and RFC 9457
+# allows any URI; the stable `code` member is what clients switch on.
+PROBLEM_TYPE_BASE = "urn:lift3d:problem:"
 
 # Codes for HTTP-level failures that do not come from the engine.
 _CODES_BY_STATUS = {
