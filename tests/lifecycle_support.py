@@ -3,10 +3,11 @@
 Two engines, the same server, worker and storage:
 
 * ``tiny``: ``lift3d serve --weights tiny --device cpu`` with the real stages (few
-  steps, small texture). Minutes on a 2-core CPU, so those variants are ``slow``.
+  steps, small texture). About a minute in all on a quiet 2-core CPU.
 * ``fake``: this file run as the server, the model stages replaced by a timed
   stand-in (0.5 s per step, cancellable) that emits a box GLB. The storage layer
-  under test is identical; only the model work is skipped. The default run uses it.
+  under test is identical; only the model work is skipped, so timing-sensitive
+  paths (cancel, SIGKILL mid-job) are deterministic.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "lifecycle-test-key"
 
-ENGINES = ["fake", pytest.param("tiny", marks=pytest.mark.slow)]
+ENGINES = ["fake", "tiny"]
 
 
 def weights_dir_for(engine: str, request: pytest.FixtureRequest) -> Path | None:

@@ -2,7 +2,7 @@
 
 Every RUN instruction must call scripts/docker_install.sh with a phase these tests
 exercise: `system` as a dry run (it would change this machine), `weights` for real,
-`deps` + `project` for real in a fresh venv (slow: the locked dependencies, with the
+`deps` + `project` for real in a fresh venv (the locked dependencies, with the
 local CPU torch in place of the multi-GB CUDA build), and uv.lock is checked against
 pyproject.toml exactly as `uv sync --locked` would.
 """
@@ -175,7 +175,6 @@ def test_weights_phase_bakes_a_profile(tmp_path: Path) -> None:
     assert empty.is_dir() and not any(empty.iterdir())  # no PROFILE: an empty dir, weights come from the volume
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_deps_and_project_phases_install_into_a_fresh_venv(tmp_path: Path) -> None:
     """`deps` then `project` as the builder runs them, against the local CPU torch wheel."""

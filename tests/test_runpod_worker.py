@@ -198,7 +198,6 @@ def test_handler_uploads_to_the_bucket_and_returns_a_presigned_url(store: FakeSt
     assert httpx.get(output["glb_url"]).content == engine.glb
 
 
-@pytest.mark.slow  # engine load + warm-up + one tiny job: minutes on a shared 2-core CPU
 @pytest.mark.timeout(900)
 def test_local_test_mode_turns_a_real_photo_into_a_valid_glb(
     store: FakeStore, u2netp_weights_dir: Path, tmp_path: Path
