@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, get_args
 
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+from lift3d.settings import DtypeChoice
+
+DTYPE_CHOICES = get_args(DtypeChoice)
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import fields
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from pipeline.runtime import Runtime
 from pipeline.stage import Stage, StageContext
 from pipeline.state import JobState
 from tests.conftest import shared_path
-from tests.write_audit import WriteAudit
+from tests.write_audit import WriteAudit, isolate_temp_and_cwd
 
 FAKE_GLB = b"glTF-fake"
 
@@ -197,14 +194,7 @@ def test_decode_and_background_write_nothing_to_disk(u2netp_weights_dir, tmp_pat
     )
     engine.load()
 
-    temp_dir, work_dir = tmp_path / "tmp", tmp_path / "cwd"
-    temp_dir.mkdir()
-    work_dir.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temp_dir))
-    monkeypatch.setenv("TMPDIR", str(temp_dir))
-    monkeypatch.chdir(work_dir)
-    real_temp = Path(tempfile.gettempdir())
-    assert real_temp == temp_dir
+    temp_dir, work_dir = isolate_temp_and_cwd(tmp_path, monkeypatch)
 
     WriteAudit.start()  # the audit sees writes at all (else the check below would be vacuous)
     (tmp_path / "probe").write_bytes(b"x")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +13,7 @@ from pipeline.events import ProgressEvent
 from pipeline.options import JobOptions
 from tests.conftest import shared_path
 from tests.gltf_validator import assert_valid_glb
-from tests.write_audit import WriteAudit
+from tests.write_audit import WriteAudit, isolate_temp_and_cwd
 
 STAGES = ["decode", "background", "multiview", "reconstruct", "finish"]
 
@@ -42,12 +40,7 @@ def test_warmup_loads_and_runs_every_stage(tiny_engine):
 @pytest.mark.shared
 def test_a_photo_becomes_a_valid_glb_labelled_as_tiny(tiny_engine, tmp_path, monkeypatch):
     photo = shared_path("images", "fruit.jpg").read_bytes()
-    temp_dir, work_dir = tmp_path / "tmp", tmp_path / "cwd"
-    temp_dir.mkdir()
-    work_dir.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temp_dir))
-    monkeypatch.setenv("TMPDIR", str(temp_dir))
-    monkeypatch.chdir(work_dir)
+    temp_dir, work_dir = isolate_temp_and_cwd(tmp_path, monkeypatch)
     events: list[ProgressEvent] = []
 
     WriteAudit.start()

@@ -10,7 +10,6 @@ import json
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 

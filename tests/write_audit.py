@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from pathlib import Path
+
+import pytest
 
 
 class WriteAudit:
@@ -34,3 +38,15 @@ class WriteAudit:
     def stop(cls) -> list[str]:
         written, cls.active = cls.active or [], None
         return written
+
+
+def isolate_temp_and_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Point the temp dir and the working dir at empty folders, so leftovers can be seen."""
+    temp_dir, work_dir = tmp_path / "tmp", tmp_path / "cwd"
+    temp_dir.mkdir()
+    work_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_dir))
+    monkeypatch.setenv("TMPDIR", str(temp_dir))
+    monkeypatch.chdir(work_dir)
+    assert Path(tempfile.gettempdir()) == temp_dir
+    return temp_dir, work_dir

@@ -21,7 +21,7 @@ device and dtype. The process-global RNG is never used.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
