@@ -68,6 +68,24 @@ class DrainingServer(uvicorn.Server):
         threading.Thread(target=drain_then_exit, name="lift3d-drain", daemon=True).start()
 
 
+def data_dir_problem(settings: Settings) -> str | None:
+    """Another live server owns the data dir, or None.
+
+    The lifespan takes the real lock (in-process apps need it too); probing it here
+    first turns a refused start into one line instead of a lifespan traceback.
+    """
+    from server.lifecycle import DataDirInUse, lock_data_dir
+
+    data_path = settings.storage.data_path
+    if not data_path.is_dir():
+        return None
+    try:
+        os.close(lock_data_dir(data_path))
+    except DataDirInUse as error:
+        return error.message
+    return None
+
+
 def missing_weights_problem(settings: Settings) -> str | None:
     """Why ``locked`` mode can't start (files absent from the weights dir), or None.
 
@@ -91,11 +109,10 @@ def serve(settings: Settings, engine: Engine | None = None) -> int:
     # The server never reaches the Hub at run time: weights are pulled ahead with `lift3d weights pull`.
     os.environ["HF_HUB_OFFLINE"] = "1"
     configure_logging()
-    if engine is None:
-        problem = missing_weights_problem(settings)
-        if problem is not None:
-            print(f"lift3d: {problem}", file=sys.stderr)
-            return 2
+    problem = data_dir_problem(settings) or (missing_weights_problem(settings) if engine is None else None)
+    if problem is not None:
+        print(f"lift3d: {problem}", file=sys.stderr)
+        return 2
     from server.app import create_app
 
     try:

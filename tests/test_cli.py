@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
 import pytest
 
 import pipeline.engine
@@ -123,3 +124,19 @@ def test_serve_in_locked_mode_without_weights_exits_with_the_pull_command(tmp_pa
     assert "lift3d weights pull --profile" in err
     assert "--weights dummy" in err
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_serve_refuses_a_data_dir_another_server_holds_with_one_line(tmp_path, capsys):
+    from lift3d.cli import main
+    from server.lifecycle import lock_data_dir
+
+    data = tmp_path / "data"
+    data.mkdir()
+    held = lock_data_dir(data)  # stands in for a live server on the same volume
+    try:
+        code = main(["serve", "--weights", "tiny", "--device", "cpu", "--data-dir", str(data), "--port", "0"])
+    finally:
+        os.close(held)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "in use by another lift3d process" in err
