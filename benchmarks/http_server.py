@@ -52,7 +52,7 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         command = [
-            sys.executable, "-m", "lift3d.cli", "serve",
+            sys.executable, "-m", "lift3d.entrypoints.cli", "serve",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--weights", self.options.weights, "--device", self.options.device,
             "--data-dir", str(Path(self._workdir.name) / "data"),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lift3d.weights.wheel_mirror import sha256_file
-from pipeline.errors import WeightsCorrupt, WeightsMissing
+from lift3d.errors import WeightsCorrupt, WeightsMissing
 
 log = logging.getLogger("lift3d.models.background")
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from lift3d.settings import BackgroundSettings
-from pipeline.errors import NoForeground
+from lift3d.errors import NoForeground
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import JobState

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from lift3d.settings import DecodeSettings
-from pipeline.errors import (
+from lift3d.errors import (
     DecompressionBomb,
     EmptyImage,
     TooManyPixels,

@@ -12,7 +12,7 @@ import time
 from typing import Iterable
 
 from lift3d.settings import EngineSettings
-from pipeline.errors import Lift3dError
+from lift3d.errors import Lift3dError
 from pipeline.events import CancelToken, ProgressBus, ProgressEvent, ProgressHandler
 from pipeline.options import JobOptions, resolve_options
 from pipeline.runtime import Runtime

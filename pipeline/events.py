@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
-from pipeline.errors import DeadlineExceeded, JobCancelled
+from lift3d.errors import DeadlineExceeded, JobCancelled
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from models.zero123plus.factory import MultiviewModel, build_multiview_model
 from models.zero123plus.views import VIEW_POSES
-from pipeline.errors import Lift3dError
+from lift3d.errors import Lift3dError
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import JobState

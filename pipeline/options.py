@@ -8,7 +8,7 @@ from typing import Literal
 import msgspec
 
 from lift3d.settings import EngineSettings
-from pipeline.errors import InvalidOption
+from lift3d.errors import InvalidOption
 
 # Inclusive ranges; the server documents them in OpenAPI and answers 422 outside.
 STEPS_RANGE = (1, 200)

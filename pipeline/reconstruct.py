@@ -28,8 +28,8 @@ import torch
 from lift3d.settings import ReconstructSettings
 from models.instantmesh.cameras import view_indices, zero123plus_cameras
 from models.instantmesh.loading import LoadReport, load_for_mode
-from pipeline.errors import EmptyReconstruction, Lift3dError
-from pipeline.marching_cubes import marching_cubes
+from lift3d.errors import EmptyReconstruction, Lift3dError
+from models.isosurface.marching_cubes import marching_cubes
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import ColorQuery, JobState, ReconstructedMesh

@@ -56,7 +56,7 @@ case "$phase" in
       run uv pip install --python "$venv/bin/python" --no-deps --no-index --find-links "$LIFT3D_LOCAL_TORCH" "torch==2.13.0"
     fi
     # Fail the build, not the first request, when an import is broken.
-    run "$venv/bin/python" -c "import lift3d.cli, lift3d.runpod_worker, pipeline.engine, server.app"
+    run "$venv/bin/python" -c "import lift3d.entrypoints.cli, lift3d.entrypoints.runpod_worker, pipeline.engine, server.app"
     run "$venv/bin/lift3d" --help
     ;;
   weights)

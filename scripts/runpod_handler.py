@@ -13,7 +13,7 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lift3d.runpod_worker import start  # noqa: E402
+from lift3d.entrypoints.runpod_worker import start  # noqa: E402
 from lift3d.settings import load_settings  # noqa: E402
 
 if __name__ == "__main__":

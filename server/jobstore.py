@@ -21,7 +21,7 @@ from typing import Any, Iterable, Literal, get_args
 
 import msgspec
 
-from pipeline.errors import InvalidOption
+from lift3d.errors import InvalidOption
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
 ACTIVE: frozenset[str] = frozenset({"queued", "running"})

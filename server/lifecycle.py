@@ -29,7 +29,7 @@ import httpx
 import msgspec
 
 from lift3d.settings import StorageSettings
-from pipeline.errors import Lift3dError
+from lift3d.errors import Lift3dError
 from server import retention
 from server.jobstore import JobRecord, JobStore, new_job_id
 from server.results import ResultStore, open_result_store

@@ -14,7 +14,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from pipeline.errors import Lift3dError
+from lift3d.errors import Lift3dError
 
 log = logging.getLogger("lift3d.server")
 

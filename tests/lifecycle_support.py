@@ -123,7 +123,7 @@ class ServerProcess:
         if self.engine == "fake":
             command = [sys.executable, str(Path(__file__).resolve())]
         else:
-            command = [sys.executable, "-m", "lift3d.cli", "serve", "--weights", "tiny", "--device", "cpu"]
+            command = [sys.executable, "-m", "lift3d.entrypoints.cli", "serve", "--weights", "tiny", "--device", "cpu"]
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

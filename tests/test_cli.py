@@ -8,7 +8,7 @@ import os
 import pytest
 
 import pipeline.engine
-from lift3d.cli import build_parser, main
+from lift3d.entrypoints.cli import build_parser, main
 from server_support import BoxFinishStage, TimedStage, small_png
 from pipeline.decode import DecodeStage
 
@@ -115,7 +115,7 @@ def test_cli_contract_flags_exist() -> None:
 
 
 def test_serve_in_locked_mode_without_weights_exits_with_the_pull_command(tmp_path, capsys):
-    from lift3d.cli import main
+    from lift3d.entrypoints.cli import main
 
     code = main(["serve", "--weights", "locked", "--device", "cpu", "--weights-dir", str(tmp_path / "empty"),
                  "--data-dir", str(tmp_path / "data")])
@@ -127,7 +127,7 @@ def test_serve_in_locked_mode_without_weights_exits_with_the_pull_command(tmp_pa
 
 
 def test_serve_refuses_a_data_dir_another_server_holds_with_one_line(tmp_path, capsys):
-    from lift3d.cli import main
+    from lift3d.entrypoints.cli import main
     from server.lifecycle import lock_data_dir
 
     data = tmp_path / "data"

@@ -155,7 +155,7 @@ def test_weights_phase_bakes_a_profile(tmp_path: Path) -> None:
     """The build's `weights` phase, with this venv's lift3d standing in for the image's."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "lift3d").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lift3d.cli "$@"\n')
+    (venv / "bin" / "lift3d").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lift3d.entrypoints.cli "$@"\n')
     (venv / "bin" / "lift3d").chmod(0o755)
     weights = tmp_path / "workspace" / "lift3d" / "weights"
     env = script_env(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion
 
-from pipeline.errors import EmptyReconstruction
+from lift3d.errors import EmptyReconstruction
 from pipeline.finish import RECON_TO_GLTF, FinishOptions, finish_mesh
 from pipeline.finish.color import srgb_to_linear
 from tests.finish_analytic import (

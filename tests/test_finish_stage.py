@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lift3d.settings import EngineSettings, FinishSettings
-from pipeline.errors import JobCancelled
+from lift3d.errors import JobCancelled
 from pipeline.events import CancelToken, ProgressBus, ProgressEvent
 from pipeline.finish import SUB_STEPS, FinishStage
 from pipeline.options import JobOptions, resolve_options

@@ -21,7 +21,7 @@ from models.instantmesh.loading import (
     load_pretrained,
     load_state_strict,
 )
-from pipeline.errors import WeightsCorrupt, WeightsMissing
+from lift3d.errors import WeightsCorrupt, WeightsMissing
 from tests.conftest import shared_path
 
 

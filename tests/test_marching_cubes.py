@@ -10,7 +10,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
 from models.instantmesh.golden import same_mesh_unordered
-from pipeline.marching_cubes import case_table, marching_cubes, marching_cubes_pymcubes, marching_cubes_torch
+from models.isosurface.marching_cubes import case_table, marching_cubes, marching_cubes_pymcubes, marching_cubes_torch
 
 RESOLUTION = 40
 AXIS = np.linspace(-1.0, 1.0, RESOLUTION)

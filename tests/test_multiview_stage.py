@@ -12,7 +12,7 @@ from PIL import Image
 
 from lift3d.settings import EngineSettings, MultiviewSettings
 from models.zero123plus.factory import INSTANTMESH_UNET_FILE, ZERO123PLUS_FOLDER
-from pipeline.errors import JobCancelled, WeightsMissing
+from lift3d.errors import JobCancelled, WeightsMissing
 from pipeline.events import CancelToken, ProgressBus, ProgressEvent
 from pipeline.multiview import MultiviewStage
 from pipeline.options import JobOptions, resolve_options

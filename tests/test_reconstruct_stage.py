@@ -14,7 +14,7 @@ import torch
 import trimesh
 
 from lift3d.settings import load_settings
-from pipeline.errors import EmptyReconstruction, JobCancelled, Lift3dError
+from lift3d.errors import EmptyReconstruction, JobCancelled, Lift3dError
 from pipeline.events import CancelToken, ProgressBus, ProgressEvent
 from pipeline.options import JobOptions, resolve_options
 from pipeline.reconstruct import SUBSTEPS, ReconstructStage

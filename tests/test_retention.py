@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lift3d.settings import StorageSettings
-from pipeline.errors import InvalidOption
+from lift3d.errors import InvalidOption
 from server.jobstore import JobStore
 from server.lifecycle import DataDirInUse, DataLifecycle, request_hash
 from server.results import ResultNotFound, generate_key_text

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lift3d.runpod_worker import (
+from lift3d.entrypoints.runpod_worker import (
     BucketConfig,
     JobInput,
     ThrottledProgress,
@@ -28,7 +28,7 @@ from lift3d.runpod_worker import (
     parse_input,
 )
 from lift3d.settings import load_settings
-from pipeline.errors import InputError, InvalidOption, UploadTooLarge
+from lift3d.errors import InputError, InvalidOption, UploadTooLarge
 from pipeline.events import ProgressEvent
 from pipeline.options import JobOptions
 from tests.conftest import REPO, shared_path

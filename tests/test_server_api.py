@@ -15,7 +15,7 @@ import pytest
 from litestar.testing import TestClient
 from PIL import Image
 
-from pipeline.errors import UndecodableImage
+from lift3d.errors import UndecodableImage
 from server.app import create_app
 from server.auth import generated_key_path
 from server_support import (
@@ -497,7 +497,7 @@ def test_events_of_a_finished_job_end_at_once(api: Api) -> None:
 
 
 def test_engine_that_cannot_load_reports_through_readyz_and_503(tmp_path: Path) -> None:
-    from pipeline.errors import WeightsMissing
+    from lift3d.errors import WeightsMissing
 
     class MissingWeightsStage(TimedStage):
         def load(self, runtime) -> None:  # noqa: ANN001

@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, u2netp_weights_dir: Path) -
     log_path = work / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "lift3d.cli", "serve", "--weights", "tiny", "--device", "cpu", "--port", str(port)],
+            [sys.executable, "-m", "lift3d.entrypoints.cli", "serve", "--weights", "tiny", "--device", "cpu", "--port", str(port)],
             cwd=REPO,
             env=env,
             stdout=log,

@@ -28,7 +28,7 @@ import pytest
 from litestar.testing import TestClient
 from PIL import Image, PngImagePlugin
 
-from pipeline.errors import InputError
+from lift3d.errors import InputError
 from server.app import create_app
 from server_support import BoxFinishStage, TimedStage, fake_engine, make_settings, wait_until
 

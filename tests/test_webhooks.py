@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from lift3d.settings import StorageSettings
-from pipeline.errors import InvalidOption
+from lift3d.errors import InvalidOption
 from server.jobstore import JobRecord, JobStore, new_job_id
 from server.webhooks import (
     SIGNATURE_HEADER,

@@ -26,7 +26,7 @@ U2NETP_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd
 
 def lift3d(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lift3d.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "lift3d.entrypoints.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
 
 

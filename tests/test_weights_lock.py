@@ -10,7 +10,7 @@ from lift3d.settings import load_settings
 from lift3d.weights import artifact_info, engine_artifacts, profile_for, sha256_for, weights_missing
 from lift3d.weights.lock import DEFAULT_LOCK_PATH, LockError, load_lock, parse_lock
 from lift3d.weights.resolve import Resolution, rewrite
-from pipeline.errors import WeightsMissing
+from lift3d.errors import WeightsMissing
 
 GOOD_ENTRY = """
 version = 1

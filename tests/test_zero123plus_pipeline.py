@@ -13,7 +13,7 @@ from models.zero123plus.components import swap_unet_weights
 from models.zero123plus.factory import TINY_SIZE
 from models.zero123plus.preprocess import composite_on_background
 from models.zero123plus.views import split_grid
-from pipeline.errors import WeightsCorrupt, WeightsMissing
+from lift3d.errors import WeightsCorrupt, WeightsMissing
 
 WIDTH, HEIGHT = TINY_SIZE
 STEPS = 2

@@ -19,7 +19,7 @@ from typing import Any
 
 from lift3d.settings import EngineSettings
 from lift3d.weights.lock import DEFAULT_LOCK_PATH, Artifact, LockError, WeightsLock, load_lock
-from pipeline.errors import WeightsMissing
+from lift3d.errors import WeightsMissing
 
 __all__ = [
     "Artifact",

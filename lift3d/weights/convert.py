@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lift3d.weights.lock import Conversion
-from pipeline.errors import WeightsCorrupt
+from lift3d.errors import WeightsCorrupt
 
 
 def load_state_dict(source: Path, conversion: Conversion) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Literal
 
 import msgspec
 
-from pipeline.errors import Lift3dError
+from lift3d.errors import Lift3dError
 
 LOCK_FILE_NAME = "weights.lock"
 # The repository root: the lock ships beside pyproject.toml (the package is installed editable).

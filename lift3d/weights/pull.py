@@ -19,7 +19,7 @@ from lift3d.weights.convert import to_safetensors
 from lift3d.weights.installed import Manifest, sha256_of, state_dir
 from lift3d.weights.lock import Artifact, Source, WeightsLock
 from lift3d.weights.sources import fetch
-from pipeline.errors import WeightsCorrupt, WeightsMissing
+from lift3d.errors import WeightsCorrupt, WeightsMissing
 
 log = logging.getLogger("lift3d.weights.pull")
 

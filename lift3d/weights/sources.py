@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from lift3d.weights.lock import Artifact, HubSource, Source, UrlSource, WheelSource
-from pipeline.errors import WeightsCorrupt, WeightsMissing
+from lift3d.errors import WeightsCorrupt, WeightsMissing
 
 log = logging.getLogger("lift3d.weights.sources")
 

@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from pipeline.errors import WeightsCorrupt, WeightsMissing
+from lift3d.errors import WeightsCorrupt, WeightsMissing
 
 log = logging.getLogger("lift3d.weights.wheel_mirror")
 

@@ -20,7 +20,7 @@ from models.golden.compare import CaseReport, TensorCheck, close, exact, levels
 from models.instantmesh.config import LRMConfig
 from models.instantmesh.loading import build_empty, extract_lrm_state_dict, load_state_strict
 from models.instantmesh.lrm import InstantNeRF
-from pipeline.marching_cubes import marching_cubes_pymcubes, marching_cubes_torch
+from models.isosurface.marching_cubes import marching_cubes_pymcubes, marching_cubes_torch
 
 INPUTS = ("images", "cameras", "query_points")
 

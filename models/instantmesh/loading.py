@@ -19,7 +19,7 @@ import torch
 
 from models.instantmesh.config import LRMConfig
 from models.instantmesh.lrm import InstantNeRF
-from pipeline.errors import WeightsCorrupt, WeightsMissing
+from lift3d.errors import WeightsCorrupt, WeightsMissing
 
 log = logging.getLogger("lift3d.instantmesh")
 

@@ -30,7 +30,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from pipeline.errors import WeightsCorrupt, WeightsMissing
+from lift3d.errors import WeightsCorrupt, WeightsMissing
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 FULL_CONFIG_DIR = CONFIGS_DIR / "full"

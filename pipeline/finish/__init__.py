@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from pipeline.errors import Lift3dError
+from lift3d.errors import Lift3dError
 from pipeline.finish.finisher import SUB_STEPS, FinishOptions, FinishResult, finish_mesh
 from pipeline.finish.frame import RECON_TO_GLTF, FrameTransform, fit_frame
 from pipeline.runtime import Runtime

@@ -12,7 +12,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from pipeline.errors import EmptyReconstruction
+from lift3d.errors import EmptyReconstruction
 from pipeline.finish.bake import BakedTexture, bake_texture, query_colours
 from pipeline.finish.clean import clean_mesh
 from pipeline.finish.color import srgb_to_linear

@@ -23,7 +23,7 @@ import xatlas
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.errors import Lift3dError
+from lift3d.errors import Lift3dError
 
 ChartMethod = Literal["box", "xatlas"]
 

@@ -1,4 +1,4 @@
-"""`lift3d weights pull | verify | lock` (lift3d/cli.py mounts these on its `weights` command)."""
+"""`lift3d weights pull | verify | lock` (lift3d/entrypoints/cli.py mounts these on its `weights` command)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lift3d.settings import Settings
 from lift3d.weights.lock import DEFAULT_LOCK_PATH, WeightsLock, load_lock
-from pipeline.errors import Lift3dError
+from lift3d.errors import Lift3dError
 
 DEFAULT_PROFILE = "quality"
 

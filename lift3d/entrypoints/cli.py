@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_flags(generate)
 
     weights = commands.add_parser("weights", help="pin, download and verify weight files")
-    from lift3d.weights.cli import add_arguments as add_weights_arguments
+    from lift3d.entrypoints.weights import add_arguments as add_weights_arguments
 
     add_weights_arguments(weights)
     weights.add_argument("--weights-dir", help="where weight files live (env LIFT3D_WEIGHTS_DIR)")
@@ -71,15 +71,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(settings)
     if args.command == "generate":
-        from lift3d.generate import generate
+        from lift3d.entrypoints.generate import generate
 
         return generate(settings, args)
     if args.command == "weights":
-        from lift3d.weights.cli import run as run_weights
+        from lift3d.entrypoints.weights import run as run_weights
 
         return run_weights(settings, args)
     if args.command == "runpod-worker":
-        from lift3d.runpod_worker import start
+        from lift3d.entrypoints.runpod_worker import start
 
         return start(settings)
     return 2

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from lift3d.settings import Settings
-from pipeline.errors import InputError, Lift3dError
+from lift3d.errors import InputError, Lift3dError
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -34,7 +34,7 @@ import httpx
 import msgspec
 
 from lift3d.settings import Settings
-from pipeline.errors import InputError, Lift3dError, UploadTooLarge
+from lift3d.errors import InputError, Lift3dError, UploadTooLarge
 from pipeline.events import ProgressEvent
 from pipeline.options import JobOptions
 

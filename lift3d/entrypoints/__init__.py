@@ -1,0 +1,1 @@
+"""Entry points: the `lift3d` command line, `generate` and the RunPod worker. Nothing imports this package."""

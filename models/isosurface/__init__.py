@@ -1,0 +1,1 @@
+"""Isosurface extraction: density or SDF grids to triangle meshes (plain torch, CPU and CUDA)."""
