@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from lift3d.settings import EngineSettings
-from pipeline import errors
+from lift3d import errors
 from pipeline.background import (
     FOREGROUND_ALPHA,
     BackgroundStage,

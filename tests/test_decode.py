@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lift3d.settings import DecodeSettings
-from pipeline import errors
+from lift3d import errors
 from pipeline.decode import decode_image, sniff_format
 
 SETTINGS = DecodeSettings()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lift3d.settings import EngineSettings
-from pipeline import errors
+from lift3d import errors
 from pipeline.background import BackgroundStage, BorderColourSegmenter
 from pipeline.decode import DecodeStage
 from pipeline.engine import Engine

