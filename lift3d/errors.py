@@ -1,7 +1,8 @@
-"""Typed failures of a job.
+"""Every typed failure lift3d knows, each with a stable machine ``code``.
 
-Each error carries a stable machine ``code`` and the HTTP status the server maps
-it to, so the HTTP edge never guesses (and never imports the engine's internals).
+This is the one error vocabulary of the project: models, the pipeline, storage and
+the server raise these. Nothing here knows about HTTP; the server maps each class to
+a status once, at the edge (``server/problems.py``), as TGI does.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 class Lift3dError(Exception):
     code = "internal_error"
-    http_status = 500
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -18,20 +18,31 @@ class Lift3dError(Exception):
             self.code = code
 
 
+# -- the client's input ----------------------------------------------------------
+
+
 class InputError(Lift3dError):
     """The client's input is wrong: a 4xx, never a 5xx."""
 
     code = "invalid_input"
-    http_status = 422
+
+
+class BadRequest(InputError):
+    """The request itself is malformed (framing, headers), before any image is looked at."""
+
+    code = "bad_request"
 
 
 class EmptyImage(InputError):
     code = "empty_image"
 
 
+class MissingImage(InputError):
+    code = "missing_image"
+
+
 class UnsupportedFormat(InputError):
     code = "unsupported_media_type"
-    http_status = 415
 
 
 class UndecodableImage(InputError):
@@ -48,7 +59,6 @@ class DecompressionBomb(InputError):
 
 class UploadTooLarge(InputError):
     code = "upload_too_large"
-    http_status = 413
 
 
 class TooManyPixels(InputError):
@@ -65,29 +75,115 @@ class InvalidOption(InputError):
     code = "invalid_option"
 
 
+class IdempotencyKeyReused(InvalidOption):
+    """The same Idempotency-Key came with a different request."""
+
+    code = "idempotency_key_reused"
+
+
+class WebhookNotAllowed(InvalidOption):
+    code = "webhook_not_allowed"
+
+
 class EmptyReconstruction(InputError):
     """The reconstructed density has no surface at the iso-level: no object the model could see."""
 
     code = "empty_reconstruction"
 
 
+# -- jobs and their results --------------------------------------------------------
+
+
+class JobNotFound(Lift3dError):
+    """Unknown, or erased: the same answer for both, so ids cannot be probed."""
+
+    code = "not_found"
+
+
+class ResultNotFound(JobNotFound):
+    """No such result: never stored, erased or expired."""
+
+
+class ResultExpired(JobNotFound):
+    code = "expired"
+
+
+class JobNotFinished(Lift3dError):
+    code = "job_not_finished"
+
+
+class JobNotSucceeded(Lift3dError):
+    code = "job_not_succeeded"
+
+
 class JobCancelled(Lift3dError):
     code = "cancelled"
-    http_status = 409
 
 
 class DeadlineExceeded(Lift3dError):
     code = "deadline_exceeded"
-    http_status = 504
 
 
-class WeightsMissing(Lift3dError):
+# -- the service's own state -----------------------------------------------------------
+
+
+class Unavailable(Lift3dError):
+    """The service cannot take or run the job now; retrying later may work."""
+
+    code = "unavailable"
+    retry_after_seconds: int | None = None
+
+
+class QueueFull(Unavailable):
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class ShuttingDown(Unavailable):
+    code = "shutting_down"
+    retry_after_seconds = 30
+
+
+class EngineUnavailable(Unavailable):
+    code = "engine_unavailable"
+
+
+class WeightsMissing(Unavailable):
     """Weights for the requested mode are not on disk (run `lift3d weights pull`)."""
 
     code = "weights_missing"
-    http_status = 503
 
 
-class WeightsCorrupt(Lift3dError):
+class WeightsCorrupt(Unavailable):
     code = "weights_corrupt"
-    http_status = 503
+
+
+class DataDirInUse(Unavailable):
+    """Another live lift3d process owns this data directory (its start-up would fail its jobs)."""
+
+    code = "data_dir_in_use"
+
+
+# -- stored results ----------------------------------------------------------------
+
+
+class ResultStoreError(Lift3dError):
+    code = "result_store_error"
+
+
+class ResultDecryptionError(ResultStoreError):
+    """A stored result cannot be authenticated: wrong or missing key, or tampered bytes.
+
+    Raised instead of ever returning unauthenticated bytes.
+    """
+
+    code = "result_undecryptable"
+
+
+class EncryptionKeyError(ResultStoreError):
+    """A configured key is not a base64-encoded 32-byte AES-256 key (a start-up error)."""
+
+    code = "invalid_encryption_key"

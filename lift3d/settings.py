@@ -30,8 +30,6 @@ class BackgroundSettings(msgspec.Struct, frozen=True, kw_only=True):
     default_mode: BackgroundMode = "auto"
     foreground_ratio: float = 0.85
     output_size: int = 320
-    # RGB the multiview model expects behind the object (white: InstantMesh UNet).
-    fill_rgb: tuple[int, int, int] = (255, 255, 255)
 
 
 class MultiviewSettings(msgspec.Struct, frozen=True, kw_only=True):

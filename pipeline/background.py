@@ -12,7 +12,6 @@ multiview input size and composited on the fill colour the multiview model expec
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Final, Protocol
@@ -24,7 +23,8 @@ from lift3d.settings import BackgroundSettings
 from lift3d.errors import NoForeground
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
-from pipeline.state import JobState
+from pipeline.png import png_bytes
+from pipeline.state import CUTOUT_PREVIEW, JobState
 
 log = logging.getLogger("lift3d.background")
 
@@ -120,20 +120,11 @@ def pad_to_square(image: Image.Image, size: int) -> Image.Image:
     return square.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def composite_on(cutout: Image.Image, fill_rgb: tuple[int, int, int]) -> Image.Image:
-    background = Image.new("RGBA", cutout.size, (*fill_rgb, 255))
-    return Image.alpha_composite(background, cutout).convert("RGB")
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 class BackgroundStage:
     name = "background"
     progress_weight = 0.04
+    reads = frozenset({"image"})
+    writes = frozenset({"cutout", "metadata", "previews"})
 
     def __init__(self, segmenter: Segmenter | None = None) -> None:
         self._segmenter = segmenter
@@ -158,7 +149,7 @@ class BackgroundStage:
         return BorderColourSegmenter()
 
     def run(self, job: JobState, ctx: StageContext) -> None:
-        settings = self._settings or ctx.runtime.settings.background
+        settings = ctx.runtime.settings.background
         image: Image.Image = job.image
         mode = job.options.remove_background
         ctx.report(0, 3, "choosing")
@@ -170,8 +161,7 @@ class BackgroundStage:
                 source = "input-alpha"
                 rgba = image
             else:
-                if self._segmenter is None:
-                    self._segmenter = self._load_segmenter(ctx.runtime)
+                assert self._segmenter is not None, "the engine loads every stage before it runs one"
                 source = self._segmenter.name
                 ctx.report(1, 3, "segmenting")
                 rgba = image.convert("RGB")
@@ -180,8 +170,7 @@ class BackgroundStage:
             ctx.report(2, 3, "framing")
             cutout = frame_foreground(rgba, settings.foreground_ratio, settings.output_size)
         job.cutout = cutout
-        job.condition = composite_on(cutout, settings.fill_rgb)
         job.metadata["background"] = {"mode": mode, "mask": source}
         if job.options.return_views:
-            job.previews["cutout"] = png_bytes(cutout)
+            job.previews[CUTOUT_PREVIEW] = png_bytes(cutout)
         ctx.report(3, 3, "done")

@@ -236,16 +236,14 @@ class DecodeStage:
 
     name = "decode"
     progress_weight = 0.01
-
-    def __init__(self) -> None:
-        self._settings: DecodeSettings | None = None
+    reads = frozenset({"input_bytes"})
+    writes = frozenset({"input_bytes", "image", "metadata"})
 
     def load(self, runtime: Runtime) -> None:
-        self._settings = runtime.settings.decode
-        harden_pillow(self._settings.max_pixels)
+        harden_pillow(runtime.settings.decode.max_pixels)
 
     def run(self, job: JobState, ctx: StageContext) -> None:
-        settings = self._settings or ctx.runtime.settings.decode
+        settings = ctx.runtime.settings.decode
         if job.input_bytes is None:
             raise EmptyImage("the job carries no image")
         job.image = decode_image(job.input_bytes, settings)

@@ -5,11 +5,12 @@ The HTTP server, the CLI and the benchmarks all drive this one class.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import threading
 import time
-from typing import Iterable
+from typing import Any, Iterable
 
 from lift3d.settings import EngineSettings
 from lift3d.errors import Lift3dError
@@ -49,15 +50,54 @@ def warmup_image_png(size: int = 256) -> bytes:
     return buffer.getvalue()
 
 
+class StageContractError(Lift3dError):
+    """A stage read a field no earlier stage set, or changed one it does not declare (a bug)."""
+
+    code = "stage_contract_violated"
+
+
+_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(JobState))
+
+
+def _snapshot(job: JobState) -> dict[str, Any]:
+    # Dicts are copied so that an in-place update counts as a write; other fields by identity.
+    return {name: (dict(value) if isinstance(value, dict) else value) for name in _STATE_FIELDS for value in [getattr(job, name)]}
+
+
+def check_stage_contract(stage: Stage, before: dict[str, Any], job: JobState) -> None:
+    """Raise when ``stage`` changed a field of ``job`` outside ``stage.writes``."""
+    after = _snapshot(job)
+    changed = {
+        name for name in _STATE_FIELDS if (after[name] != before[name] if isinstance(after[name], dict) else after[name] is not before[name])
+    }
+    undeclared = changed - stage.writes
+    if undeclared:
+        raise StageContractError(f"stage {stage.name} wrote {sorted(undeclared)} outside its declared writes")
+
+
+def check_stage_inputs(stage: Stage, job: JobState) -> None:
+    missing = sorted(name for name in stage.reads if getattr(job, name) is None)
+    if missing:
+        raise StageContractError(f"stage {stage.name} needs {missing}, which no earlier stage set")
+
+
 class Engine:
-    def __init__(self, settings: EngineSettings, stages: Iterable[Stage] | None = None) -> None:
+    """Runs the ordered stages of one job.
+
+    ``check_contracts`` makes the engine assert each stage's declared reads and
+    writes on the job state (the tests turn it on; it costs a dict copy per stage).
+    """
+
+    def __init__(
+        self, settings: EngineSettings, stages: Iterable[Stage] | None = None, *, check_contracts: bool = False
+    ) -> None:
         self.settings = settings
+        self.check_contracts = check_contracts
         self.runtime = Runtime.from_settings(settings)
         self.stages: list[Stage] = list(stages) if stages is not None else default_stages(settings)
         total_weight = sum(stage.progress_weight for stage in self.stages) or 1.0
         self._spans = [stage.progress_weight / total_weight for stage in self.stages]
         self.loaded = False
-        self.warmed = False
         # Seconds each stage took to load its models (reported by /health and the CLI).
         self.load_seconds: dict[str, float] = {}
         self._load_lock = threading.Lock()
@@ -85,9 +125,7 @@ class Engine:
         steps = min(WARMUP_STEPS, self.settings.multiview.steps)
         # remove_background="on" so the segmentation session is exercised too (its first
         # run allocates); the synthetic object always yields a mask.
-        result = self.run(warmup_image_png(), JobOptions(seed=0, steps=steps, remove_background="on"))
-        self.warmed = True
-        return result
+        return self.run(warmup_image_png(), JobOptions(seed=0, steps=steps, remove_background="on"))
 
     def run(
         self,
@@ -116,6 +154,9 @@ class Engine:
                 cancel.raise_if_cancelled()
                 ctx = StageContext(self.runtime, stage.name, bus, cancel, start_fraction, span)
                 ctx.report(0, 1, "started", check_cancel=False)
+                if self.check_contracts:
+                    check_stage_inputs(stage, job)
+                    before = _snapshot(job)
                 self.runtime.synchronize()
                 started = time.perf_counter()
                 try:
@@ -123,6 +164,8 @@ class Engine:
                 except Exception as error:
                     log.info("stage %s stopped the job: %s: %s", stage.name, type(error).__name__, error)
                     raise
+                if self.check_contracts:
+                    check_stage_contract(stage, before, job)
                 self.runtime.synchronize()
                 timings[stage.name] = time.perf_counter() - started
                 start_fraction += span

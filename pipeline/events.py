@@ -42,10 +42,6 @@ class CancelToken:
         self.reason = reason
         self._event.set()
 
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
     def raise_if_cancelled(self) -> None:
         if self._event.is_set():
             raise JobCancelled(self.reason or "cancelled")

@@ -14,7 +14,6 @@ real 640x960 grid.
 
 from __future__ import annotations
 
-import io
 from contextlib import contextmanager
 from typing import ClassVar, Iterator
 
@@ -23,11 +22,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models.zero123plus.factory import MultiviewModel, build_multiview_model
-from models.zero123plus.views import VIEW_POSES
-from lift3d.errors import Lift3dError
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
-from pipeline.state import JobState
+from pipeline.png import png_bytes
+from pipeline.state import VIEWS_PREVIEW, JobState
 
 VIEW_SIZE = 320
 GRID_SIZE = (2 * VIEW_SIZE, 3 * VIEW_SIZE)  # PIL (width, height)
@@ -35,10 +33,10 @@ GRID_SIZE = (2 * VIEW_SIZE, 3 * VIEW_SIZE)  # PIL (width, height)
 
 def lock_revisions(stage: str = "multiview") -> dict[str, str]:
     """weights.lock's pinned revision (or status) per multiview artifact; empty if no lock is readable."""
-    from lift3d.weights.lock import LockError, load_lock
+    from lift3d.weights.catalog import LockError, default_lock
 
     try:
-        lock = load_lock()
+        lock = default_lock()
     except (LockError, OSError):
         return {}
     return {
@@ -69,15 +67,11 @@ def intra_op_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 class MultiviewStage:
     name: ClassVar[str] = "multiview"
     progress_weight: ClassVar[float] = 0.55
+    reads: ClassVar[frozenset[str]] = frozenset({"cutout"})
+    writes: ClassVar[frozenset[str]] = frozenset({"views", "views_grid", "previews", "metadata"})
 
     def __init__(self, model: MultiviewModel | None = None) -> None:
         self.model = model
@@ -105,11 +99,7 @@ class MultiviewStage:
             self._info["revisions"] = lock_revisions()
 
     def run(self, job: JobState, ctx: StageContext) -> None:
-        if self.model is None:
-            raise Lift3dError("the multiview stage was run before load()")
-        condition = job.cutout if job.cutout is not None else job.condition
-        if condition is None:
-            raise Lift3dError("the multiview stage needs job.cutout or job.condition from the background stage")
+        assert self.model is not None, "the engine loads every stage before it runs one"
         options = job.options
         steps = options.steps
 
@@ -121,7 +111,7 @@ class MultiviewStage:
         ctx.check_cancelled()
         with intra_op_threads(self.model.cpu_threads):
             output = self.model.pipeline(
-                condition,
+                job.cutout,
                 num_inference_steps=steps,
                 guidance_scale=options.guidance,
                 width=self.model.width,
@@ -131,7 +121,6 @@ class MultiviewStage:
             )
         job.views = _views_to_contract(output.views).float().cpu()
         job.views_grid = output.grid if output.grid.size == GRID_SIZE else output.grid.resize(GRID_SIZE, Image.BICUBIC)
-        job.view_poses = [pose.as_dict() for pose in VIEW_POSES]
         if options.return_views:
-            job.previews["views"] = _png(job.views_grid)
+            job.previews[VIEWS_PREVIEW] = png_bytes(job.views_grid)
         job.metadata["multiview"] = {**self._info, "seed": options.seed, "steps": steps, "guidance": options.guidance}

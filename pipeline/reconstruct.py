@@ -114,6 +114,8 @@ class SubSteps:
 class ReconstructStage:
     name: ClassVar[str] = "reconstruct"
     progress_weight: ClassVar[float] = 1.0
+    reads: ClassVar[frozenset[str]] = frozenset({"views"})
+    writes: ClassVar[frozenset[str]] = frozenset({"mesh", "metadata", "qa"})
 
     def __init__(self, model: ReconstructionModel | None = None, *, grid_resolution_cap: int | None = None) -> None:
         self.model = model
@@ -153,10 +155,8 @@ class ReconstructStage:
     @torch.inference_mode()
     def run(self, job: JobState, ctx: StageContext) -> None:
         runtime = ctx.runtime
-        if self.model is None:
-            self.load(runtime)
         model = self.model
-        assert model is not None
+        assert model is not None, "the engine loads every stage before it runs one"
         settings = runtime.settings.reconstruct
         device = runtime.device
         substeps = SubSteps(ctx)

@@ -44,9 +44,12 @@ class Stage(Protocol):
     name: ClassVar[str]
     # Share of the job's progress bar this stage covers (relative; the engine normalises).
     progress_weight: ClassVar[float]
+    # The JobState fields the stage needs set before it runs, and the only ones it may change.
+    reads: ClassVar[frozenset[str]]
+    writes: ClassVar[frozenset[str]]
 
     def load(self, runtime: Runtime) -> None:
-        """Load models once; they stay resident for every later job."""
+        """Load models once; they stay resident for every later job. The engine always calls it before ``run``."""
 
     def run(self, job: JobState, ctx: StageContext) -> None:
         """Do the stage's work on ``job`` in place, reporting progress through ``ctx``."""

@@ -12,6 +12,10 @@ import numpy as np
 
 from pipeline.options import ResolvedOptions
 
+# Keys of ``JobState.previews`` (PNG bytes made only when the job asks for them).
+VIEWS_PREVIEW = "views"
+CUTOUT_PREVIEW = "cutout"
+
 # points [N, 3] float32 in the reconstruction frame -> sRGB-encoded colours [N, 3] float32 in [0, 1]
 ColorQuery = Callable[[np.ndarray], np.ndarray]
 
@@ -34,16 +38,18 @@ class ReconstructedMesh:
 
 @dataclass
 class JobState:
-    """Mutable per-job scratchpad handed from stage to stage."""
+    """Mutable per-job scratchpad handed from stage to stage.
+
+    Each stage declares the fields it reads and writes (``Stage.reads``/``Stage.writes``);
+    docs/architecture.md has the table, and ``Engine(check_contracts=True)`` enforces it.
+    """
 
     options: ResolvedOptions
     input_bytes: bytes | None = None
     image: Any = None  # PIL.Image, upright, RGB or RGBA
     cutout: Any = None  # PIL.Image RGBA, square, object at the foreground ratio
-    condition: Any = None  # PIL.Image RGB, the cut-out composited for the multiview model
     views: Any = None  # torch.Tensor [6, 3, 320, 320] in [0, 1]
     views_grid: Any = None  # PIL.Image RGB, 3 rows x 2 columns
-    view_poses: list[dict[str, float]] = field(default_factory=list)
     mesh: ReconstructedMesh | None = None
     glb: bytes | None = None
     qa: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +61,6 @@ class JobState:
         self.input_bytes = None
         self.image = None
         self.cutout = None
-        self.condition = None
         self.views = None
         self.views_grid = None
         self.mesh = None

@@ -19,9 +19,10 @@ import lift3d
 from lift3d.settings import Settings
 from pipeline.engine import Engine
 from server.auth import make_auth_guard, resolve_api_keys
-from server.lifecycle import DataLifecycle
+from server.info import engine_models
 from server.problems import EXCEPTION_HANDLERS
 from server.routes import ROUTES, Services
+from server.storage import Storage
 from server.worker import JobManager
 
 log = logging.getLogger("lift3d.server")
@@ -44,18 +45,19 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
     worker thread (which loads and warms the models while /readyz says 503), and
     drains on shutdown.
     """
-    # Pillow logs EXIF tag values at DEBUG: uploaded metadata must not reach logs at any level.
+    # Pillow logs EXIF tag values at DEBUG: uploaded metadata must not reach logs at any level
+    # (also for apps built in-process, without ``serve``).
     logging.getLogger("PIL").setLevel(logging.WARNING)
     keys = resolve_api_keys(settings)
     engine = engine if engine is not None else Engine(settings.engine)
-    lifecycle = DataLifecycle(settings.storage)
-    manager = JobManager(settings, engine, lifecycle)
-    svc = Services(settings=settings, manager=manager)
+    storage = Storage(settings.storage)
+    manager = JobManager(settings, engine, storage)
+    svc = Services(settings=settings, manager=manager, storage=storage, models=engine_models(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(lifecycle.recover)
-        lifecycle.start()
+        await anyio.to_thread.run_sync(storage.recover)
+        storage.start()
         manager.start()
         reaper = asyncio.get_running_loop().create_task(_expire_queued_jobs(manager), name="deadline-reaper")
         try:
@@ -64,7 +66,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
             reaper.cancel()
             # serve() usually drained already on SIGTERM; draining again is a no-op.
             await anyio.to_thread.run_sync(manager.drain, settings.server.shutdown_grace_seconds)
-            await lifecycle.aclose()
+            await storage.aclose()
 
     cors = CORSConfig(allow_origins=list(settings.server.cors_origins)) if settings.server.cors_origins else None
     openapi = OpenAPIConfig(

@@ -21,11 +21,16 @@ from typing import Any, Iterable, Literal, get_args
 
 import msgspec
 
-from lift3d.errors import InvalidOption
+from lift3d.errors import IdempotencyKeyReused
 
+# The job-status vocabulary, defined here once.
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 ACTIVE: frozenset[str] = frozenset({"queued", "running"})
+# How the worker (or an erasure) ends a job.
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+# Every status a job never leaves again: an SSE stream ends on these.
+ENDED: frozenset[str] = TERMINAL | {"expired"}
 INTERRUPTED = "interrupted"
 
 DB_FILENAME = "jobs.sqlite3"
@@ -65,16 +70,6 @@ class JobRecord(msgspec.Struct, kw_only=True):
     # Set when the job was erased (DELETE of the job or of its owner); such records are hidden.
     erased_at: float | None = None
 
-    @property
-    def is_live(self) -> bool:
-        """Readable by clients: neither erased nor expired."""
-        return self.erased_at is None and self.status != "expired"
-
-
-class IdempotencyKeyReused(InvalidOption):
-    """The same Idempotency-Key came with a different request body (422)."""
-
-    code = "idempotency_key_reused"
 
 
 _FIELDS: tuple[str, ...] = JobRecord.__struct_fields__
@@ -120,6 +115,13 @@ CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs(expires_at)
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
+
+
+def replayed(existing: JobRecord, request_hash: str | None) -> JobRecord:
+    """``existing`` when a reused Idempotency-Key came with the same request; 422 otherwise."""
+    if existing.request_hash != request_hash:
+        raise IdempotencyKeyReused("this Idempotency-Key was already used with a different request")
+    return existing
 
 
 def new_job_id() -> str:
@@ -236,7 +238,7 @@ class JobStore:
                 "SELECT CASE WHEN erased_at IS NULL THEN status ELSE 'erased' END AS bucket, COUNT(*) AS n"
                 " FROM jobs GROUP BY bucket"
             ).fetchall()
-        counts = {status: 0 for status in (*get_args(JobStatus), "erased")}
+        counts = {status: 0 for status in (*JOB_STATUSES, "erased")}
         counts.update({row["bucket"]: row["n"] for row in rows})
         return counts
 
@@ -263,11 +265,7 @@ class JobStore:
                         (record.idempotency_key,),
                     ).fetchone()
                     if row is not None:
-                        existing = _from_row(row)
-                        if existing.request_hash != record.request_hash:
-                            raise IdempotencyKeyReused(
-                                "this Idempotency-Key was already used with a different request"
-                            )
+                        existing = replayed(_from_row(row), record.request_hash)
                         self._db.execute("COMMIT")
                         return existing, False
                 self._db.execute(
@@ -344,14 +342,6 @@ class JobStore:
         cleared = {name: blank[name] for name in _FIELDS if name not in OPERATIONAL_FIELDS}
         cleared.update(status=status, **extra)
         self._update(job_id, cleared, "1 = 1")
-
-    def strip_to_operational(self, job_id: str, status: str | None = None) -> bool:
-        record = self.get(job_id, include_erased=True)
-        if record is None:
-            return False
-        with self._lock:
-            self._strip(job_id, status or record.status, {})
-        return True
 
     def delete(self, job_id: str, now: float) -> JobRecord | None:
         """Erase a job: returns the record as it was (the caller cancels and unlinks results).

@@ -17,28 +17,14 @@ from types import FrameType
 
 import uvicorn
 
+from lift3d.process import prepare_process
 from lift3d.settings import Settings
 from pipeline.engine import Engine
 
 log = logging.getLogger("lift3d.server")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Seconds uvicorn waits for open connections (SSE streams end with their jobs) after the drain.
 CONNECTION_CLOSE_SECONDS = 5
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """Our loggers to stderr. Records carry ids, sizes, timings and codes; never bytes, names, IPs or keys."""
-    root = logging.getLogger()
-    if not any(getattr(handler, "_lift3d", False) for handler in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler._lift3d = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(level)
-    # httpx logs every request URL at INFO (webhook URLs may carry secrets); uvicorn.access logs client IPs.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("uvicorn.access").disabled = True
 
 
 class DrainingServer(uvicorn.Server):
@@ -74,7 +60,8 @@ def data_dir_problem(settings: Settings) -> str | None:
     The lifespan takes the real lock (in-process apps need it too); probing it here
     first turns a refused start into one line instead of a lifespan traceback.
     """
-    from server.lifecycle import DataDirInUse, lock_data_dir
+    from lift3d.errors import DataDirInUse
+    from server.storage import lock_data_dir
 
     data_path = settings.storage.data_path
     if not data_path.is_dir():
@@ -98,7 +85,9 @@ def missing_weights_problem(settings: Settings) -> str | None:
     missing = missing_files(settings.engine)
     if not missing:
         return None
-    error = weights_missing([a.path for a in missing], profile_for(settings.engine), settings.engine.weights_path)
+    error = weights_missing(
+        [a.path for a in missing], settings.engine.weights_path, profile=profile_for(settings.engine)
+    )
     if settings.engine.weights == "locked":
         return error.message
     log.warning("%s", error.message)
@@ -106,9 +95,7 @@ def missing_weights_problem(settings: Settings) -> str | None:
 
 
 def serve(settings: Settings, engine: Engine | None = None) -> int:
-    # The server never reaches the Hub at run time: weights are pulled ahead with `lift3d weights pull`.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    configure_logging()
+    prepare_process()
     problem = data_dir_problem(settings) or (missing_weights_problem(settings) if engine is None else None)
     if problem is not None:
         print(f"lift3d: {problem}", file=sys.stderr)

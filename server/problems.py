@@ -14,6 +14,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from lift3d import errors
 from lift3d.errors import Lift3dError
 
 log = logging.getLogger("lift3d.server")
@@ -23,7 +24,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 # allows any URI; the stable `code` member is what clients switch on.
 PROBLEM_TYPE_BASE = "urn:lift3d:problem:"
 
-# Codes for HTTP-level failures that do not come from the engine.
+# Codes for HTTP-level failures that Litestar raises itself (routing, auth, validation).
 _CODES_BY_STATUS = {
     400: "bad_request",
     401: "unauthorized",
@@ -42,6 +43,7 @@ _CODES_BY_STATUS = {
 _TITLES = {
     400: "Bad request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
@@ -54,29 +56,29 @@ _TITLES = {
     504: "Deadline exceeded",
 }
 
+# The one table from domain errors to HTTP statuses. The most specific class wins
+# (looked up along the error's MRO), so a new error inherits its family's status.
+HTTP_STATUS: dict[type[Lift3dError], int] = {
+    errors.Lift3dError: 500,
+    errors.InputError: 422,
+    errors.BadRequest: 400,
+    errors.UnsupportedFormat: 415,
+    errors.UploadTooLarge: 413,
+    errors.JobNotFound: 404,
+    errors.JobNotFinished: 409,
+    errors.JobNotSucceeded: 409,
+    errors.JobCancelled: 409,
+    errors.DeadlineExceeded: 504,
+    errors.Unavailable: 503,
+    errors.QueueFull: 429,
+}
 
-class ApiError(Exception):
-    """An error the API answers with, carrying its status, stable code and extra headers."""
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = dict(headers or {})
-        self.extra = dict(extra or {})
-
-    @classmethod
-    def from_lift3d(cls, error: Lift3dError) -> "ApiError":
-        return cls(error.http_status, error.code, error.message)
+def http_status(error: Lift3dError) -> int:
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]  # type: ignore[index]
+    return 500
 
 
 def problem_response(
@@ -98,12 +100,18 @@ def problem_response(
     return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=dict(headers or {}))
 
 
-def _api_error_handler(_: Request, exc: ApiError) -> Response[dict[str, Any]]:
-    return problem_response(exc.status, exc.code, exc.detail, headers=exc.headers, extra=exc.extra)
+def error_response(error: Lift3dError) -> Response[dict[str, Any]]:
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    retry_after = getattr(error, "retry_after_seconds", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+        extra["retry_after"] = retry_after
+    return problem_response(http_status(error), error.code, error.message, headers=headers, extra=extra)
 
 
 def _lift3d_error_handler(_: Request, exc: Lift3dError) -> Response[dict[str, Any]]:
-    return problem_response(exc.http_status, exc.code, exc.message)
+    return error_response(exc)
 
 
 def _http_exception_handler(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:
@@ -130,10 +138,9 @@ def _unexpected_error_handler(_: Request, exc: Exception) -> Response[dict[str, 
 
 
 EXCEPTION_HANDLERS = {
-    ApiError: _api_error_handler,
     Lift3dError: _lift3d_error_handler,
     HTTPException: _http_exception_handler,
     Exception: _unexpected_error_handler,
 }
 
-__all__ = ["ApiError", "EXCEPTION_HANDLERS", "PROBLEM_MEDIA_TYPE", "problem_response"]
+__all__ = ["EXCEPTION_HANDLERS", "HTTP_STATUS", "PROBLEM_MEDIA_TYPE", "error_response", "http_status", "problem_response"]

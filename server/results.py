@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lift3d.settings import StorageSettings
-from lift3d.errors import Lift3dError
+from lift3d.errors import EncryptionKeyError, ResultDecryptionError, ResultNotFound
 
 log = logging.getLogger("lift3d.results")
 
@@ -51,34 +51,6 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ARTIFACT = re.compile(r"^[a-z0-9][a-z0-9_-]*\.[a-z0-9]{1,8}$")
 
 
-class ResultStoreError(Lift3dError):
-    code = "result_store_error"
-    http_status = 500
-
-
-class ResultNotFound(ResultStoreError):
-    """No such result: never stored, erased or expired (404, the same answer for all three)."""
-
-    code = "not_found"
-    http_status = 404
-
-
-class ResultDecryptionError(ResultStoreError):
-    """A stored result cannot be authenticated: wrong or missing key, or tampered bytes.
-
-    Raised instead of ever returning unauthenticated bytes.
-    """
-
-    code = "result_undecryptable"
-    http_status = 500
-
-
-class EncryptionKeyError(ResultStoreError):
-    """A configured key is not a base64-encoded 32-byte AES-256 key (a start-up error)."""
-
-    code = "invalid_encryption_key"
-
-
 class ResultStore(Protocol):
     """Where results live. Names are artifact names such as ``model.glb``."""
 
@@ -89,8 +61,6 @@ class ResultStore(Protocol):
     def get(self, job_id: str, name: str) -> bytes:
         """The plaintext bytes; ResultNotFound or ResultDecryptionError otherwise."""
         ...
-
-    def exists(self, job_id: str, name: str) -> bool: ...
 
     def delete(self, job_id: str) -> int:
         """Erase every artifact of a job; returns how many were removed (0 is fine)."""
@@ -274,12 +244,6 @@ class EncryptedFileStore:
         except FileNotFoundError as exc:
             raise ResultNotFound("no such result") from exc
         return decrypt(self.ring, job_id, name, blob)
-
-    def exists(self, job_id: str, name: str) -> bool:
-        try:
-            return self.path_for(job_id, name).is_file()
-        except ResultNotFound:
-            return False
 
     def delete(self, job_id: str) -> int:
         check_names(job_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, AsyncIterator
 
 import anyio
@@ -15,18 +15,20 @@ from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
+from lift3d.errors import JobNotFound, UnsupportedFormat
 from lift3d.settings import Settings
 from pipeline.decode import decode_image
-from lift3d.errors import UnsupportedFormat
 from server.auth import PUBLIC
 from server.info import build_info
-from server.problems import ApiError
+from server.jobstore import ACTIVE, ENDED
 from server.schemas import (
-    TERMINAL_STATUSES,
+    MODEL_FILE,
+    VIEWS_FILE,
     Health,
     Info,
     JobAccepted,
     JobView,
+    ModelInfo,
     OwnerJobs,
     job_links,
     job_view,
@@ -39,7 +41,8 @@ from server.uploads import (
     read_multipart_image,
     read_raw_image,
 )
-from server.worker import MODEL_FILE, VIEWS_FILE, JobManager
+from server.storage import Storage
+from server.worker import JobManager
 
 GLB_MEDIA_TYPE = "model/gltf-binary"
 # Decoding is CPU work next to the GPU worker: at most two uploads validate at once.
@@ -50,6 +53,9 @@ _DECODE_SLOTS = anyio.CapacityLimiter(2)
 class Services:
     settings: Settings
     manager: JobManager
+    storage: Storage
+    # What /v1/info lists, read from weights.lock once at start-up.
+    models: list[ModelInfo] = field(default_factory=list)
 
 
 def services(state: State) -> Services:
@@ -57,11 +63,9 @@ def services(state: State) -> Services:
 
 
 def _job_view(svc: Services, job_id: str) -> JobView:
-    record = svc.manager.lifecycle.store.get(job_id)
-    if record is None:
-        raise ApiError(404, "not_found", "no such job")
+    record = svc.storage.job(job_id)
     live = svc.manager.live(job_id)
-    if live is not None and live.status in ("queued", "running"):
+    if live is not None and live.status in ACTIVE:
         return job_view(
             record,
             live_status=live.status,
@@ -150,17 +154,8 @@ async def submit_job(
     upload.image = b""
     await anyio.to_thread.run_sync(_validate_image, image, svc.settings, limiter=_DECODE_SLOTS)
 
-    record, created = svc.manager.submit(
-        image,
-        submission.options,
-        options=msgspec.to_builtins(submission.options),
-        owner=submission.owner,
-        retention_seconds=submission.retention_seconds,
-        webhook_url=submission.webhook_url,
-        idempotency_key=idempotency_key,
-        request_hash=submission.fingerprint(image),
-        weights_mode=svc.settings.engine.weights,
-    )
+    new_job = submission.new_job(image, weights_mode=svc.settings.engine.weights, idempotency_key=idempotency_key)
+    record, created = svc.manager.submit(image, submission.options, new_job)
     del image
     links = job_links(record.id, submission.options.return_views)
     body = JobAccepted(
@@ -192,22 +187,15 @@ async def get_job(job_id: FromPath[str], state: State) -> JobView:
     tags=["jobs"],
 )
 async def delete_job(job_id: FromPath[str], state: State) -> None:
-    manager = services(state).manager
-    if not await anyio.to_thread.run_sync(manager.erase, job_id):
-        raise ApiError(404, "not_found", "no such job")
+    svc = services(state)
+    record = await anyio.to_thread.run_sync(svc.storage.erase_job, job_id)
+    if record is None:
+        raise JobNotFound("no such job")
+    svc.manager.forget([record])
 
 
 async def _result_bytes(svc: Services, job_id: str, name: str) -> bytes:
-    record = svc.manager.lifecycle.store.get(job_id)
-    if record is None:
-        raise ApiError(404, "not_found", "no such job")
-    if record.status in ("queued", "running"):
-        raise ApiError(409, "job_not_finished", f"the job is {record.status}; wait for it to succeed")
-    if record.status == "expired":
-        raise ApiError(404, "expired", "the job's results expired and were erased")
-    if record.status != "succeeded":
-        raise ApiError(409, "job_not_succeeded", f"the job {record.status}; it has no result")
-    return await anyio.to_thread.run_sync(svc.manager.lifecycle.read, job_id, name)
+    return await anyio.to_thread.run_sync(svc.storage.read, job_id, name)
 
 
 @get(
@@ -259,7 +247,7 @@ async def _event_stream(svc: Services, job_id: str) -> AsyncIterator[ServerSentE
         sent: tuple[Any, ...] | None = None
         while True:
             view = _job_view_or_gone(svc, job_id)
-            if view.status in TERMINAL_STATUSES:
+            if view.status in ENDED:
                 yield _event("end", view)
                 return
             if sent is None or view.status != sent[0]:
@@ -285,7 +273,7 @@ async def _event_stream(svc: Services, job_id: str) -> AsyncIterator[ServerSentE
 def _job_view_or_gone(svc: Services, job_id: str) -> JobView:
     try:
         return _job_view(svc, job_id)
-    except ApiError:
+    except JobNotFound:
         # Erased while streaming: the stream ends with a cancelled job that has no record left.
         return JobView(id=job_id, status="cancelled", links=job_links(job_id))
 
@@ -296,7 +284,7 @@ def _job_view_or_gone(svc: Services, job_id: str) -> JobView:
 @get("/v1/owners/{owner:str}/jobs", summary="Every live job of an owner", tags=["owners"])
 async def list_owner_jobs(owner: FromPath[str], state: State) -> OwnerJobs:
     svc = services(state)
-    records = svc.manager.lifecycle.owner_jobs(owner)
+    records = svc.storage.owner_jobs(owner)
     return OwnerJobs(owner=owner, jobs=[_job_view(svc, record.id) for record in records])
 
 
@@ -307,7 +295,9 @@ async def list_owner_jobs(owner: FromPath[str], state: State) -> OwnerJobs:
     tags=["owners"],
 )
 async def delete_owner(owner: FromPath[str], state: State) -> None:
-    await anyio.to_thread.run_sync(services(state).manager.erase_owner, owner)
+    svc = services(state)
+    records = await anyio.to_thread.run_sync(svc.storage.erase_owner, owner)
+    svc.manager.forget(records)
 
 
 # -- system ------------------------------------------------------------------------
@@ -341,7 +331,7 @@ async def metrics(state: State) -> Response[bytes]:
 @get("/v1/info", summary="Version, profile, device and pinned models", tags=["system"])
 async def info(state: State) -> Info:
     svc = services(state)
-    return build_info(svc.settings, svc.manager.engine.runtime, svc.manager.ready)
+    return build_info(svc.settings, svc.manager.engine.runtime, svc.manager.ready, svc.models)
 
 
 ROUTES = [

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
-from server.jobstore import JobRecord
+from server.jobstore import JOB_STATUSES, JobRecord, JobStatus
 
-ApiStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "expired"})
+# The stored artifacts of a job, by file name (also the last segment of their routes).
+MODEL_FILE = "model.glb"
+VIEWS_FILE = "views.png"
 
 
 class JobLinks(msgspec.Struct, kw_only=True):
@@ -27,14 +28,14 @@ class JobError(msgspec.Struct, kw_only=True):
 
 class JobAccepted(msgspec.Struct, kw_only=True):
     id: str
-    status: ApiStatus
+    status: JobStatus
     queue_position: int | None
     links: JobLinks
 
 
 class JobView(msgspec.Struct, kw_only=True):
     id: str
-    status: ApiStatus
+    status: JobStatus
     stage: str | None = None
     progress: float = 0.0
     queue_position: int | None = None
@@ -96,13 +97,14 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def job_links(job_id: str, with_views: bool = False) -> JobLinks:
-    base = f"/v1/jobs/{job_id}"
+def job_links(job_id: str, with_views: bool = False, base_url: str = "") -> JobLinks:
+    """The job's routes; relative unless a public base URL is known (webhooks)."""
+    base = f"{base_url.rstrip('/')}/v1/jobs/{job_id}"
     return JobLinks(
         self=base,
         events=f"{base}/events",
-        model=f"{base}/model.glb",
-        views=f"{base}/views.png" if with_views else None,
+        model=f"{base}/{MODEL_FILE}",
+        views=f"{base}/{VIEWS_FILE}" if with_views else None,
     )
 
 
@@ -115,7 +117,7 @@ def job_view(
     queue_position: int | None = None,
 ) -> JobView:
     status = live_status or record.status
-    if status not in ("queued", "running", "succeeded", "failed", "cancelled", "expired"):
+    if status not in JOB_STATUSES:
         status = record.status
     error = JobError(code=record.error_code, message=record.error_message or "") if record.error_code else None
     succeeded = record.status == "succeeded"
@@ -137,5 +139,5 @@ def job_view(
         error=error,
         result=dict(record.result) if succeeded else None,
         webhook_status=record.webhook_status,
-        links=job_links(record.id, "views.png" in record.artifacts),
+        links=job_links(record.id, VIEWS_FILE in record.artifacts),
     )

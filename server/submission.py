@@ -1,8 +1,8 @@
 """Turning the form fields / query parameters of ``POST /v1/jobs`` into typed options.
 
 Engine options are range-checked by the engine's own ``resolve_options`` (so the
-HTTP edge and the CLI refuse exactly the same values), retention and webhook
-targets by the storage layer's own checks; all of it before the job is queued.
+HTTP edge and the CLI refuse exactly the same values); retention and webhook
+targets are checked once, by :meth:`server.storage.Storage.new_job`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import msgspec
 from lift3d.settings import Settings
 from lift3d.errors import InvalidOption
 from pipeline.options import JobOptions, resolve_options
-from server.lifecycle import request_hash
-from server.retention import resolve_retention
-from server.webhooks import check_webhook_request
+from server.storage import NewJob, request_hash
 
 MAX_OWNER_CHARS = 200
 
@@ -76,6 +74,17 @@ class Submission:
         }
         return request_hash(image, fields)
 
+    def new_job(self, image: bytes, *, weights_mode: str, idempotency_key: str | None) -> NewJob:
+        return NewJob(
+            options=msgspec.to_builtins(self.options),
+            request_hash=self.fingerprint(image),
+            weights_mode=weights_mode,
+            owner=self.owner,
+            retention_seconds=self.retention_seconds,
+            webhook_url=self.webhook_url,
+            idempotency_key=idempotency_key,
+        )
+
 
 def parse_submission(fields: Mapping[str, str], settings: Settings) -> Submission:
     """Typed options from strings; every problem is an ``InvalidOption`` (422) with a specific code."""
@@ -96,7 +105,9 @@ def parse_submission(fields: Mapping[str, str], settings: Settings) -> Submissio
     owner = values.get("owner") or None
     if owner is not None and (len(owner) > MAX_OWNER_CHARS or not owner.isprintable()):
         raise InvalidOption("owner must be a printable id of at most 200 characters", code="invalid_owner")
-    retention = values.get("retention_seconds")
-    resolve_retention(retention, settings.storage)
-    webhook_url = check_webhook_request(values.get("webhook_url") or None, settings.storage)
-    return Submission(options=options, owner=owner, retention_seconds=retention, webhook_url=webhook_url)
+    return Submission(
+        options=options,
+        owner=owner,
+        retention_seconds=values.get("retention_seconds"),
+        webhook_url=values.get("webhook_url") or None,
+    )

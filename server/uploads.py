@@ -14,8 +14,7 @@ from typing import AsyncIterator
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from lift3d.errors import UploadTooLarge
-from server.problems import ApiError
+from lift3d.errors import BadRequest, InputError, InvalidOption, MissingImage, UploadTooLarge
 
 IMAGE_FIELD = "image"
 RAW_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
@@ -44,7 +43,7 @@ def check_declared_length(content_length: str | None, limit: int, cap: int) -> N
     try:
         declared = int(content_length)
     except ValueError:
-        raise ApiError(400, "bad_request", "invalid Content-Length") from None
+        raise BadRequest("invalid Content-Length") from None
     if declared > limit:
         raise _too_large(cap)
 
@@ -103,7 +102,7 @@ class _FormCollector:
         self._is_file = b"filename" in params
         if self._name == IMAGE_FIELD:
             if self.image is not None:
-                raise ApiError(422, "invalid_input", "the form carries more than one image field")
+                raise InputError("the form carries more than one image field")
             self.image = bytearray()
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -115,13 +114,13 @@ class _FormCollector:
         elif not self._is_file:
             self._value += data[start:end]
             if len(self._value) > MAX_FIELD_BYTES:
-                raise ApiError(422, "invalid_option", f"form field {self._name!r} is too long")
+                raise InvalidOption(f"form field {self._name!r} is too long")
         # Other file parts are not wanted: their bytes are skipped, never kept.
 
     def _part_end(self) -> None:
         if self._name != IMAGE_FIELD and not self._is_file and self._name:
             if len(self.fields) >= MAX_FIELDS:
-                raise ApiError(422, "invalid_option", "too many form fields")
+                raise InvalidOption("too many form fields")
             self.fields[self._name] = self._value.decode("utf-8", "replace")
         self._value = bytearray()
 
@@ -131,7 +130,7 @@ async def read_multipart_image(chunks: AsyncIterator[bytes], content_type: str, 
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
-        raise ApiError(400, "bad_request", "multipart body without a boundary")
+        raise BadRequest("multipart body without a boundary")
     collector = _FormCollector(cap)
     limit = cap + FORM_OVERHEAD_BYTES
     received = 0
@@ -144,11 +143,11 @@ async def read_multipart_image(chunks: AsyncIterator[bytes], content_type: str, 
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError:
-        raise ApiError(400, "bad_request", "malformed multipart body") from None
+        raise BadRequest("malformed multipart body") from None
     except ValueError:
-        raise ApiError(400, "bad_request", "malformed multipart body") from None
+        raise BadRequest("malformed multipart body") from None
     finally:
         image, collector.image = collector.image, None
     if image is None:
-        raise ApiError(422, "missing_image", f"the form has no {IMAGE_FIELD!r} file field")
+        raise MissingImage(f"the form has no {IMAGE_FIELD!r} file field")
     return Upload(image=bytes(image), fields=collector.fields)

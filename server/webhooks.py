@@ -16,15 +16,16 @@ import hashlib
 import hmac
 import logging
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
 from lift3d.settings import StorageSettings
-from lift3d.errors import InvalidOption
+from lift3d.errors import WebhookNotAllowed
 from server.jobstore import JobRecord, JobStore
+from server.schemas import VIEWS_FILE, job_links
 
 log = logging.getLogger("lift3d.webhooks")
 
@@ -34,10 +35,6 @@ MAX_URL_LENGTH = 2048
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Worth another try: the receiver may be restarting or shedding load.
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
-class WebhookNotAllowed(InvalidOption):
-    code = "webhook_not_allowed"
 
 
 class _Target(msgspec.Struct, frozen=True):
@@ -149,23 +146,12 @@ def verify_signature(
     return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
 
 
-def job_links(job_id: str, base_url: str = "") -> dict[str, str]:
-    """The same links the job API returns; relative unless a public base URL is known."""
-    base = base_url.rstrip("/")
-    return {
-        "self": f"{base}/v1/jobs/{job_id}",
-        "events": f"{base}/v1/jobs/{job_id}/events",
-        "model": f"{base}/v1/jobs/{job_id}/model.glb",
-    }
-
-
-def webhook_payload(record: JobRecord, links: Mapping[str, str] | None = None) -> dict[str, Any]:
+def webhook_payload(record: JobRecord, base_url: str = "") -> dict[str, Any]:
     """What a receiver gets: identifiers, status and links. Never image bytes or options."""
-    links = dict(links or job_links(record.id))
-    if record.status != "succeeded":
+    succeeded = record.status == "succeeded"
+    links = msgspec.to_builtins(job_links(record.id, succeeded and VIEWS_FILE in record.artifacts, base_url))
+    if not succeeded:
         links.pop("model", None)
-    elif "views.png" in record.artifacts and "model" in links:
-        links.setdefault("views", links["model"].rsplit("/", 1)[0] + "/views.png")
     return {
         "type": "job.finished",
         "id": record.id,
@@ -173,7 +159,7 @@ def webhook_payload(record: JobRecord, links: Mapping[str, str] | None = None) -
         "error": {"code": record.error_code} if record.error_code else None,
         "finished_at": record.finished_at,
         "expires_at": record.expires_at,
-        "links": links,
+        "links": {name: url for name, url in links.items() if url is not None},
     }
 
 
@@ -230,7 +216,7 @@ class WebhookNotifier:
         url = record.webhook_url
         if not url:
             return False
-        body = msgspec.json.encode(webhook_payload(record, job_links(record.id, self.base_url)))
+        body = msgspec.json.encode(webhook_payload(record, self.base_url))
         attempts = max(1, self.settings.webhook_max_attempts)
         self.store.update(record.id, webhook_status="pending")
         error = ""

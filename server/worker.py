@@ -18,22 +18,27 @@ from typing import Any, Callable
 
 import msgspec
 
+from lift3d.errors import (
+    DeadlineExceeded,
+    EngineUnavailable,
+    JobCancelled,
+    Lift3dError,
+    QueueFull,
+    ShuttingDown,
+)
 from lift3d.settings import Settings
 from pipeline.engine import Engine
-from lift3d.errors import DeadlineExceeded, JobCancelled, Lift3dError
 from pipeline.events import CancelToken, ProgressEvent
 from pipeline.options import JobOptions
-from pipeline.state import JobResult
-from server.jobstore import IdempotencyKeyReused, JobRecord
-from server.lifecycle import DataLifecycle
+from pipeline.state import VIEWS_PREVIEW, JobResult
+from server.jobstore import JobRecord
 from server.metrics import Metrics
-from server.problems import ApiError
+from server.schemas import MODEL_FILE, VIEWS_FILE
+from server.storage import NewJob, Storage
 
 log = logging.getLogger("lift3d.worker")
 
-SHUTTING_DOWN = "shutting_down"
-MODEL_FILE = "model.glb"
-VIEWS_FILE = "views.png"
+SHUTTING_DOWN = ShuttingDown.code
 # Before any job has been measured, Retry-After falls back to the warm-up time, else this.
 DEFAULT_SERVICE_SECONDS = 30.0
 SERVICE_TIME_SMOOTHING = 0.3
@@ -84,25 +89,17 @@ def result_summary(result: JobResult) -> dict[str, Any]:
     return summary
 
 
-def views_png(result: JobResult) -> bytes | None:
-    for key in ("views", VIEWS_FILE, "views_grid"):
-        data = result.previews.get(key)
-        if isinstance(data, (bytes, bytearray)):
-            return bytes(data)
-    return None
-
-
 class JobManager:
     """Owns the queue, the worker thread and the live (in-memory) half of every active job.
 
-    Records and results go through the storage engineer's :class:`DataLifecycle`.
+    Records and results go through :class:`Storage`.
     """
 
-    def __init__(self, settings: Settings, engine: Engine, lifecycle: DataLifecycle) -> None:
+    def __init__(self, settings: Settings, engine: Engine, storage: Storage) -> None:
         self.settings = settings
         self.engine = engine
-        self.lifecycle = lifecycle
-        self.metrics = Metrics(lifecycle.store.count_by_status, lambda: len(self._queue))
+        self.storage = storage
+        self.metrics = Metrics(storage.store.count_by_status, lambda: len(self._queue))
         self._queue: collections.deque[LiveJob] = collections.deque()
         self._live: dict[str, LiveJob] = {}
         self._running: LiveJob | None = None
@@ -155,36 +152,28 @@ class JobManager:
 
     # -- the edge's side -------------------------------------------------------
 
-    def submit(self, image: bytes, engine_options: JobOptions, **new_job: Any) -> tuple[JobRecord, bool]:
+    def submit(self, image: bytes, engine_options: JobOptions, new_job: NewJob) -> tuple[JobRecord, bool]:
         """Store and enqueue a job; returns ``(record, created)``.
 
-        ``new_job`` goes to ``DataLifecycle.new_job``. An Idempotency-Key replay returns
-        the existing job even when the queue is full. Raises ApiError 429/503.
+        An Idempotency-Key replay returns the existing job even when the queue is full.
+        Raises ShuttingDown, QueueFull or the engine's load error.
         """
-        key = new_job.get("idempotency_key")
-        if key is not None:
-            existing = self.lifecycle.store.find_by_idempotency_key(key)
-            if existing is not None:
-                if existing.request_hash != new_job.get("request_hash"):
-                    raise IdempotencyKeyReused("this Idempotency-Key was already used with a different request")
-                return existing, False
+        replay = self.storage.find_replay(new_job)
+        if replay is not None:
+            return replay, False
         with self._cond:
             if self.draining:
                 self.metrics.jobs_rejected.labels(SHUTTING_DOWN).inc()
-                raise ApiError(503, SHUTTING_DOWN, "the server is shutting down", headers={"Retry-After": "30"})
+                raise ShuttingDown("the server is shutting down")
             if self.load_error is not None:
-                raise ApiError.from_lift3d(self.load_error)
+                raise self.load_error
             if len(self._queue) >= self.settings.server.queue_size:
-                retry_after = self.retry_after_seconds()
-                self.metrics.jobs_rejected.labels("queue_full").inc()
-                raise ApiError(
-                    429,
-                    "queue_full",
+                self.metrics.jobs_rejected.labels(QueueFull.code).inc()
+                raise QueueFull(
                     f"the queue is full ({self.settings.server.queue_size} jobs waiting); retry later",
-                    headers={"Retry-After": str(retry_after)},
-                    extra={"retry_after": retry_after},
+                    retry_after_seconds=self.retry_after_seconds(),
                 )
-            record, created = self.lifecycle.new_job(**new_job)
+            record, created = self.storage.new_job(new_job)
             if created:
                 deadline = time.monotonic() + self.settings.server.job_deadline_seconds
                 job = LiveJob(
@@ -234,19 +223,10 @@ class JobManager:
             remaining = service - (time.monotonic() - running.run_started)
         return int(min(3600, max(1, math.ceil(remaining))))
 
-    def erase(self, job_id: str) -> bool:
-        """DELETE /v1/jobs/{id}: cancel if live, erase the record and every stored result."""
-        record = self.lifecycle.erase_job(job_id)
-        self._forget_live(job_id)
-        if record is not None:
-            log.info("job %s erased", job_id)
-        return record is not None
-
-    def erase_owner(self, owner: str) -> int:
-        records = self.lifecycle.erase_owner(owner)
+    def forget(self, records: list[JobRecord]) -> None:
+        """Erased jobs that were queued or running: cancel them and drop their uploads."""
         for record in records:
             self._forget_live(record.id)
-        return len(records)
 
     def _forget_live(self, job_id: str) -> None:
         with self._cond:
@@ -305,7 +285,7 @@ class JobManager:
             # Never touches the GPU: the job waited past its deadline.
             self._end_unstarted(job, DeadlineExceeded.code, "the job waited in the queue past its deadline")
             return
-        if self.lifecycle.start_job(job.id) is None:  # erased while it waited
+        if self.storage.start_job(job.id) is None:  # erased while it waited
             return
         self.metrics.queue_wait_seconds.observe(time.monotonic() - job.enqueued_at)
         job.status = "running"
@@ -344,17 +324,17 @@ class JobManager:
             log.info("job %s succeeded in %.2fs", job.id, elapsed)
         else:
             status, code, message = outcome
-            record = self.lifecycle.end_job(job.id, status, code, message, stage=job.stage)  # type: ignore[arg-type]
+            record = self.storage.end_job(job.id, status, code, message, stage=job.stage)  # type: ignore[arg-type]
             self._ended(job, status, record)
             log.info("job %s %s in %.2fs (%s)", job.id, status, elapsed, code)
 
     def _publish(self, job: LiveJob, result: JobResult) -> JobRecord | None:
         """Store the results (encrypted) and mark the job succeeded; None if erased meanwhile."""
         artifacts = {MODEL_FILE: result.glb}
-        views = views_png(result) if result.options.return_views else None
+        views = result.previews.get(VIEWS_PREVIEW) if result.options.return_views else None
         if views is not None:
             artifacts[VIEWS_FILE] = views
-        return self.lifecycle.publish(
+        return self.storage.publish(
             job.id,
             artifacts,
             timings={k: round(v, 4) for k, v in result.timings.items()},
@@ -371,14 +351,14 @@ class JobManager:
             stage_changed = event.stage != job.stage
             job.stage, job.progress = event.stage, event.fraction
             if stage_changed:
-                self.lifecycle.store.update(job.id, stage=event.stage)
+                self.storage.set_stage(job.id, event.stage)
             job.notify()
 
         return on_progress
 
     def _end_unstarted(self, job: LiveJob, code: str, message: str) -> None:
         job.image = None
-        record = self.lifecycle.end_job(job.id, "failed", code, message)
+        record = self.storage.end_job(job.id, "failed", code, message)
         with self._cond:
             self._live.pop(job.id, None)
         self._ended(job, "failed", record)
@@ -389,9 +369,4 @@ class JobManager:
         job.notify()
         if record is not None:
             self.metrics.jobs_finished.labels(status).inc()
-            self.lifecycle.notify(job.id)
-
-
-class EngineUnavailable(Lift3dError):
-    code = "engine_unavailable"
-    http_status = 503
+            self.storage.notify(job.id)

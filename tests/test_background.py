@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from models.zero123plus.preprocess import composite_on_background
+from server.problems import http_status
 from PIL import Image
 
 from lift3d.settings import EngineSettings
@@ -78,10 +81,9 @@ def u2netp_stage(u2netp_weights_dir: Path) -> tuple[BackgroundStage, Runtime]:
 def test_u2netp_cutout_is_centred_at_the_foreground_ratio(u2netp_stage, name):
     stage, runtime = u2netp_stage
     job = run_stage(stage, runtime, load_photo(name), remove_background="on")
-    cutout, condition = job.cutout, job.condition
+    cutout = job.cutout
     assert job.metadata["background"]["mask"] == "u2netp"
     assert cutout.mode == "RGBA" and cutout.size == (SIZE, SIZE)
-    assert condition.mode == "RGB" and condition.size == (SIZE, SIZE)
 
     alpha = np.asarray(cutout.getchannel("A"))
     assert (alpha >= FOREGROUND_ALPHA).mean() > 0.05, "the mask is (nearly) empty"
@@ -91,9 +93,10 @@ def test_u2netp_cutout_is_centred_at_the_foreground_ratio(u2netp_stage, name):
     left, top, right, bottom = foreground_bbox(cutout.getchannel("A"))
     assert abs((left + right) / 2 - SIZE / 2) <= 2 and abs((top + bottom) / 2 - SIZE / 2) <= 2
 
-    # Composited on white: transparent pixels are white in the condition image.
-    background = np.asarray(condition)[alpha == 0]
-    assert background.min() == 255
+    # What the multiview model sees: composited on its white background, removed pixels are white.
+    condition = composite_on_background(cutout, (255, 255, 255))
+    assert condition.mode == "RGB" and condition.size == (SIZE, SIZE)
+    assert np.asarray(condition)[alpha == 0].min() == 255
 
 
 @pytest.mark.shared
@@ -139,8 +142,8 @@ def test_off_uses_the_whole_image_on_white(tmp_path):
     image = Image.new("RGB", (200, 100), (10, 20, 200))
     runtime = runtime_for(tmp_path, weights="tiny")
     job = run_stage(BackgroundStage(segmenter=ExplodingSegmenter()), runtime, image, remove_background="off")
-    condition = np.asarray(job.condition)
-    assert job.condition.size == (SIZE, SIZE)
+    assert job.cutout.size == (SIZE, SIZE)
+    condition = np.asarray(composite_on_background(job.cutout, (255, 255, 255)))
     assert tuple(condition[SIZE // 2, 5]) == (10, 20, 200)  # full width kept: no crop, no recentre
     assert condition[5, SIZE // 2].min() == 255  # padding above is white
     assert job.metadata["background"]["mask"] == "none"
@@ -163,7 +166,7 @@ def test_an_empty_mask_is_a_typed_error(tmp_path):
     blank = Image.new("RGB", (64, 64), (128, 128, 128))
     with pytest.raises(errors.NoForeground) as raised:
         run_stage(BackgroundStage(segmenter=BorderColourSegmenter()), runtime, blank, remove_background="on")
-    assert raised.value.http_status == 422
+    assert http_status(raised.value) == 422
 
 
 def test_tiny_mode_without_the_file_uses_the_labelled_heuristic(tmp_path):
@@ -220,17 +223,16 @@ def test_the_session_reads_our_file_without_touching_the_environment(u2netp_weig
     assert {key: os.environ.get(key) for key in before} == before
 
 
-def test_the_pin_comes_from_weights_lock_with_the_embedded_table_as_fallback(monkeypatch):
-    import lift3d.weights as weights
-    from models.background import REMBG_MODELS, pinned_sha256
+def test_the_model_file_is_checked_against_the_weights_lock_pin(tmp_path):
+    from models.background import verify_model_file
 
-    monkeypatch.setattr(weights, "sha256_for", lambda path, lock=None: "a" * 64 if path == "rembg/u2netp.onnx" else None)
-    assert pinned_sha256("u2netp") == "a" * 64
-
-    def no_lock(path, lock=None):
-        raise weights.LockError("no weights lock here")
-
-    monkeypatch.setattr(weights, "sha256_for", no_lock)
-    assert pinned_sha256("u2netp") == REMBG_MODELS["u2netp"].sha256
+    with pytest.raises(errors.WeightsMissing, match=r"lift3d weights pull --profile tiny"):
+        verify_model_file(tmp_path, "u2netp")
+    altered = tmp_path / "rembg" / "u2netp.onnx"
+    altered.parent.mkdir()
+    altered.write_bytes(b"not the pinned model")
+    with pytest.raises(errors.WeightsCorrupt, match="expected 309c8469"):
+        verify_model_file(tmp_path, "u2netp")
+    (tmp_path / "rembg" / "isnet-general-use.onnx").write_bytes(b"x")
     with pytest.raises(errors.WeightsMissing, match="weights.lock"):
-        pinned_sha256("isnet-general-use")
+        verify_model_file(tmp_path, "isnet-general-use")

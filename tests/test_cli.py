@@ -128,7 +128,7 @@ def test_serve_in_locked_mode_without_weights_exits_with_the_pull_command(tmp_pa
 
 def test_serve_refuses_a_data_dir_another_server_holds_with_one_line(tmp_path, capsys):
     from lift3d.entrypoints.cli import main
-    from server.lifecycle import lock_data_dir
+    from server.storage import lock_data_dir
 
     data = tmp_path / "data"
     data.mkdir()

@@ -10,6 +10,8 @@ import zlib
 
 import numpy as np
 import pytest
+
+from server.problems import http_status
 from PIL import Image
 
 from lift3d.settings import DecodeSettings
@@ -175,7 +177,7 @@ def _corrupt_png() -> bytes:
 def test_bad_input_raises_a_typed_error(data, error, status):
     with pytest.raises(error) as raised:
         decode_image(data, SETTINGS)
-    assert raised.value.http_status == status
+    assert http_status(raised.value) == status
     assert isinstance(raised.value, errors.InputError)
 
 
@@ -183,7 +185,7 @@ def test_byte_cap_is_checked_before_anything_else():
     # Not even an image: the size alone decides, before sniffing.
     with pytest.raises(errors.UploadTooLarge) as raised:
         decode_image(b"\x00" * 1001, DecodeSettings(max_upload_bytes=1000))
-    assert raised.value.http_status == 413
+    assert http_status(raised.value) == 413
 
 
 def test_pixel_cap_comes_from_the_header():

@@ -28,6 +28,8 @@ class StepStage:
     """Reports ``steps`` steps; records how far it got and what it saw."""
 
     progress_weight = 1.0
+    reads: frozenset[str] = frozenset()
+    writes: frozenset[str] = frozenset({"glb", "qa"})
 
     def __init__(self, name: str, steps: int = 5, sleep: float = 0.0, weight: float = 1.0) -> None:
         self.name = name
@@ -168,13 +170,13 @@ def test_warmup_runs_the_real_front_stages(tmp_path):
         stages=[DecodeStage(), BackgroundStage(segmenter=BorderColourSegmenter()), export],
     )
     result = engine.warmup()
-    assert engine.loaded and engine.warmed
+    assert engine.loaded
     assert result.glb == FAKE_GLB
     assert result.options.steps <= 2 and result.options.remove_background == "on"
     assert result.metadata["background"]["mask"] == "border-colour-heuristic"
     assert set(result.timings) == {"decode", "background", "export"}
     job = export.jobs[0]
-    assert job.image is None and job.cutout is None and job.condition is None  # dropped after the job
+    assert job.image is None and job.cutout is None  # dropped after the job
 
 
 # ---------------------------------------------------------------- nothing on disk
@@ -210,3 +212,44 @@ def test_decode_and_background_write_nothing_to_disk(u2netp_weights_dir, tmp_pat
     assert result.previews["cutout"].startswith(b"\x89PNG")  # the cut-out lives in memory only
     assert written == []
     assert snapshot(temp_dir) == set() and snapshot(work_dir) == set()
+
+
+class RogueStage(StepStage):
+    """Declares it writes the GLB only, but also touches the cut-out."""
+
+    reads = frozenset({"input_bytes"})
+    writes = frozenset({"glb"})
+
+    def run(self, job: JobState, ctx: StageContext) -> None:
+        job.cutout = "sneaked in"
+        job.glb = FAKE_GLB
+
+
+class NeedsViewsStage(ExportStage):
+    reads = frozenset({"views"})
+    writes = frozenset({"glb", "qa"})
+
+
+def test_the_engine_enforces_each_stages_declared_writes():
+    engine = Engine(EngineSettings(device="cpu"), [RogueStage("rogue")], check_contracts=True)
+    with pytest.raises(errors.Lift3dError, match=r"rogue wrote \['cutout'\]"):
+        engine.run(b"bytes")
+    # Without the check (production), the same stage runs: the check is what catches it.
+    assert Engine(EngineSettings(device="cpu"), [RogueStage("rogue")]).run(b"bytes").glb == FAKE_GLB
+
+
+def test_the_engine_enforces_each_stages_declared_reads():
+    engine = Engine(EngineSettings(device="cpu"), [NeedsViewsStage("late")], check_contracts=True)
+    with pytest.raises(errors.Lift3dError, match=r"late needs \['views'\]"):
+        engine.run(b"bytes")
+
+
+def test_the_real_stages_declare_a_chain_that_closes():
+    """Each stage reads only what an earlier stage (or the submission) wrote, and the last writes the GLB."""
+    from pipeline.engine import default_stages
+
+    available = {"options", "input_bytes"}
+    for stage in default_stages(EngineSettings()):
+        assert stage.reads <= available, (stage.name, stage.reads - available)
+        available |= stage.writes
+    assert "glb" in available

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from server.problems import http_status
+
 from server.jobstore import (
     OPERATIONAL_FIELDS,
     IdempotencyKeyReused,
@@ -122,7 +124,7 @@ def test_idempotency_key_different_request_is_422(store: JobStore) -> None:
     other = JobRecord(id=new_job_id(), created_at=2.0, retention_seconds=60, idempotency_key="key", request_hash="hash-b")
     with pytest.raises(IdempotencyKeyReused) as info:
         store.create(other)
-    assert info.value.http_status == 422 and info.value.code == "idempotency_key_reused"
+    assert http_status(info.value) == 422 and info.value.code == "idempotency_key_reused"
 
 
 def test_erased_idempotency_key_can_be_reused(store: JobStore) -> None:

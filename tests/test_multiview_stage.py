@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from lift3d.settings import EngineSettings, MultiviewSettings
-from models.zero123plus.factory import INSTANTMESH_UNET_FILE, ZERO123PLUS_FOLDER
+from lift3d.weights.catalog import INSTANTMESH_UNET as INSTANTMESH_UNET_FILE, ZERO123PLUS_DIR as ZERO123PLUS_FOLDER
 from lift3d.errors import JobCancelled, WeightsMissing
 from pipeline.events import CancelToken, ProgressBus, ProgressEvent
 from pipeline.multiview import MultiviewStage
@@ -51,7 +51,7 @@ def cutout(seed: int = 0) -> Image.Image:
 def make_job(seed: int, steps: int = STEPS, return_views: bool = False) -> JobState:
     options = resolve_options(JobOptions(seed=seed, steps=steps, return_views=return_views), EngineSettings())
     image = cutout()
-    return JobState(options=options, cutout=image, condition=image.convert("RGB"))
+    return JobState(options=options, cutout=image)
 
 
 def context(events: list[ProgressEvent], cancel: CancelToken | None = None) -> StageContext:
@@ -68,8 +68,6 @@ def test_stage_outputs_follow_the_contract(tiny_stage):
     assert job.views.device.type == "cpu"
     assert 0.0 <= float(job.views.min()) and float(job.views.max()) <= 1.0
     assert job.views_grid.size == (640, 960) and job.views_grid.mode == "RGB"
-    assert [pose["azimuth"] for pose in job.view_poses] == [30, 90, 150, 210, 270, 330]
-    assert [pose["elevation"] for pose in job.view_poses] == [20, -10, 20, -10, 20, -10]
     assert Image.open(io.BytesIO(job.previews["views"])).size == (640, 960)
     meta = job.metadata["multiview"]
     assert meta["seed"] == 11 and meta["steps"] == STEPS and meta["weights_mode"] == "tiny"
@@ -172,3 +170,13 @@ def test_locked_mode_loads_the_weights_dir_layout(tmp_path, tiny_stage):
     stage.run(job, StageContext(runtime_for("locked"), "multiview", ProgressBus(), CancelToken(), 0.0, 1.0))
     assert job.views.shape == (6, 3, 320, 320)
     assert "unet" in job.metadata["multiview"] and "revisions" in job.metadata["multiview"]
+
+
+def test_views_come_in_the_order_the_reconstruction_cameras_expect():
+    """The grid's row-major views are the poses the reconstruct stage's cameras are built for."""
+    from models.instantmesh.cameras import view_poses
+    from models.zero123plus.views import VIEW_POSES
+
+    cameras = view_poses(6)
+    assert [pose.azimuth for pose in VIEW_POSES] == [round(c["azimuth_deg"]) for c in cameras] == [30, 90, 150, 210, 270, 330]
+    assert [pose.elevation for pose in VIEW_POSES] == [round(c["elevation_deg"]) for c in cameras] == [20, -10, 20, -10, 20, -10]

@@ -324,7 +324,7 @@ def test_delete_cancels_a_running_job_between_steps(api: Api) -> None:
     assert api.client.delete(f"/v1/jobs/{job_id}", headers=KEY).status_code == 204
     assert api.client.get(f"/v1/jobs/{job_id}", headers=KEY).status_code == 404
     wait_until(lambda: api.manager.live(job_id) is None)
-    assert live.cancel.cancelled and live.image is None
+    assert live.cancel.reason and live.image is None
     # The worker is free again.
     api.gate.set()
     assert api.wait_status(api.submit(steps=2).json()["id"], TERMINAL)["status"] == "succeeded"

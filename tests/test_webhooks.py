@@ -9,6 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.problems import http_status
+
 from lift3d.settings import StorageSettings
 from lift3d.errors import InvalidOption
 from server.jobstore import JobRecord, JobStore, new_job_id
@@ -63,7 +65,7 @@ def test_allowed_targets(url: str) -> None:
 def test_rejected_targets_are_422(url: str) -> None:
     with pytest.raises(InvalidOption) as info:
         validate_webhook_url(url, ALLOW)
-    assert info.value.http_status == 422 and info.value.code == "webhook_not_allowed"
+    assert http_status(info.value) == 422 and info.value.code == "webhook_not_allowed"
 
 
 def test_empty_allowlist_disables_webhooks() -> None:

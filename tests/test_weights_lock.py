@@ -7,7 +7,7 @@ import re
 import pytest
 
 from lift3d.settings import load_settings
-from lift3d.weights import artifact_info, engine_artifacts, profile_for, sha256_for, weights_missing
+from lift3d.weights import artifact_info, engine_artifacts, profile_for, weights_missing
 from lift3d.weights.lock import DEFAULT_LOCK_PATH, LockError, load_lock, parse_lock
 from lift3d.weights.resolve import Resolution, rewrite
 from lift3d.errors import WeightsMissing
@@ -67,13 +67,6 @@ def test_licences_of_the_non_commercial_weights() -> None:
     assert lock.by_path("TencentARC/InstantMesh/diffusion_pytorch_model.safetensors").licence == "CC-BY-NC-4.0"
     assert {a.licence for a in lock.artifacts if a.path.startswith("sudo-ai/")} == {"CC-BY-NC-4.0"}
     assert lock.by_path("rembg/u2netp.onnx").licence == "Apache-2.0"
-
-
-def test_background_loader_pin_agrees_with_the_lock() -> None:
-    from models.background import REMBG_MODELS
-
-    for name, pin in REMBG_MODELS.items():
-        assert sha256_for(f"rembg/{name}.onnx") == pin.sha256
 
 
 @pytest.mark.parametrize(
@@ -138,7 +131,7 @@ def test_engine_artifacts_and_profile_per_settings() -> None:
 
 
 def test_weights_missing_message_names_the_command_and_the_way_around() -> None:
-    error = weights_missing(["rembg/u2net.onnx"], "quality")
+    error = weights_missing(["rembg/u2net.onnx"], profile="quality")
     assert isinstance(error, WeightsMissing)
     assert "lift3d weights pull --profile quality" in error.message
     assert "--weights dummy" in error.message

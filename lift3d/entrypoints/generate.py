@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from lift3d.process import prepare_process
 from lift3d.settings import Settings
 from lift3d.errors import InputError, Lift3dError
 
@@ -49,8 +50,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def generate(settings: Settings, args: argparse.Namespace) -> int:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    prepare_process(logging.WARNING)
     from pipeline.decode import decode_image
     from pipeline.options import resolve_options
 

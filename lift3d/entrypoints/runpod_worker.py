@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping
 import httpx
 import msgspec
 
+from lift3d.process import prepare_process
 from lift3d.settings import Settings
 from lift3d.errors import InputError, Lift3dError, UploadTooLarge
 from pipeline.events import ProgressEvent
@@ -228,9 +229,7 @@ def start(settings: Settings) -> int:
     from pipeline.engine import Engine
 
     # Workers never reach the Hub: weights are baked into the image or on the network volume.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # request URLs may carry presigned secrets
+    prepare_process()
     engine = Engine(settings.engine)
     started = time.perf_counter()
     engine.load()

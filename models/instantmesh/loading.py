@@ -19,14 +19,14 @@ import torch
 
 from models.instantmesh.config import LRMConfig
 from models.instantmesh.lrm import InstantNeRF
-from lift3d.errors import WeightsCorrupt, WeightsMissing
+from lift3d.errors import WeightsCorrupt
+from lift3d.weights.catalog import reconstruct_path, weights_missing
 
 log = logging.getLogger("lift3d.instantmesh")
 
 KEY_PREFIX = "lrm_generator."
 CONTAINER_KEY = "state_dict"
 KNOWN_DROPPED_KEY_PARTS = ("source_camera",)
-WEIGHTS_SUBDIR = Path("TencentARC") / "InstantMesh"
 
 
 @dataclass
@@ -121,17 +121,11 @@ def load_pretrained(config: LRMConfig, path: Path, *, device: torch.device | str
 
 def checkpoint_path(weights_dir: Path, preset: str) -> Path:
     """The converted safetensors file, or the upstream ``.ckpt`` if that is what is on disk."""
-    stem = preset.replace("-", "_")
-    folder = Path(weights_dir).expanduser() / WEIGHTS_SUBDIR
-    for suffix in (".safetensors", ".ckpt"):
-        candidate = folder / f"{stem}{suffix}"
+    converted = Path(weights_dir).expanduser() / reconstruct_path(preset)
+    for candidate in (converted, converted.with_suffix(".ckpt")):
         if candidate.is_file():
             return candidate
-    raise WeightsMissing(
-        f"reconstruction weights {WEIGHTS_SUBDIR / (stem + '.safetensors')} are not in the weights directory "
-        f"{weights_dir}: run `lift3d weights pull --profile quality`, or use `--weights dummy` to run "
-        "with random full-size weights"
-    )
+    raise weights_missing([reconstruct_path(preset)], weights_dir)
 
 
 WeightsMode = Literal["locked", "dummy", "tiny"]

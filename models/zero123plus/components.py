@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from lift3d.errors import WeightsCorrupt, WeightsMissing
+from lift3d.weights.catalog import ZERO123PLUS_DIR, pull_hint
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 FULL_CONFIG_DIR = CONFIGS_DIR / "full"
@@ -41,7 +42,6 @@ RANDOM_TOKENIZER_DIR = TINY_CONFIG_DIR / "tokenizer"
 
 ModelT = TypeVar("ModelT", UNet2DConditionModel, AutoencoderKL)
 
-PULL_HINT = "run `lift3d weights pull --profile quality`, or try the server with `--weights dummy`"
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Zero123PlusComponents:
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise WeightsMissing(f"{path} is missing; {PULL_HINT}")
+        raise WeightsMissing(f"{path} is missing; {pull_hint([ZERO123PLUS_DIR])}")
     return json.loads(path.read_text())
 
 
@@ -101,7 +101,7 @@ def load_components(
     folder = Path(folder)
     for subfolder in ("unet", "vae", "text_encoder", "vision_encoder", "tokenizer"):
         if not (folder / subfolder).is_dir():
-            raise WeightsMissing(f"{folder / subfolder} is missing; {PULL_HINT}")
+            raise WeightsMissing(f"{folder / subfolder} is missing; {pull_hint([ZERO123PLUS_DIR])}")
     offline = {"local_files_only": True}
     try:
         unet = _load_diffusers_model(UNet2DConditionModel, folder / "unet", device, dtype)
@@ -111,7 +111,7 @@ def load_components(
             folder, subfolder="vision_encoder", dtype=dtype, **offline
         )
     except OSError as error:
-        raise WeightsMissing(f"cannot load Zero123++ weights from {folder}: {error}; {PULL_HINT}") from error
+        raise WeightsMissing(f"cannot load Zero123++ weights from {folder}: {error}; {pull_hint([ZERO123PLUS_DIR])}") from error
     components = Zero123PlusComponents(
         unet=unet,
         vae=vae,
@@ -206,7 +206,7 @@ def swap_unet_weights(unet: UNet2DConditionModel, state_dict_path: Path) -> None
     """Load a plain diffusers UNet state dict (e.g. InstantMesh's white-background UNet) strictly."""
     state_dict_path = Path(state_dict_path)
     if not state_dict_path.is_file():
-        raise WeightsMissing(f"{state_dict_path} is missing; {PULL_HINT}")
+        raise WeightsMissing(f"{state_dict_path} is missing; {pull_hint([ZERO123PLUS_DIR])}")
     state_dict = load_file(state_dict_path)
     try:
         unet.load_state_dict(state_dict, strict=True)

@@ -8,6 +8,7 @@ from typing import Literal
 
 import torch
 
+from lift3d.weights.catalog import INSTANTMESH_UNET, ZERO123PLUS_DIR
 from models.zero123plus.components import (
     FULL_CONFIG_DIR,
     TINY_CONFIG_DIR,
@@ -18,9 +19,6 @@ from models.zero123plus.components import (
 from models.zero123plus.pipeline import Zero123PlusPipeline
 from models.zero123plus.preprocess import BACKGROUNDS
 
-# Paths inside the weights directory (docs: the weights layout contract).
-ZERO123PLUS_FOLDER = "sudo-ai/zero123plus-v1.2"
-INSTANTMESH_UNET_FILE = "TencentARC/InstantMesh/diffusion_pytorch_model.safetensors"
 
 # The grid the model was trained at: 3 rows x 2 columns of 320 px views.
 FULL_SIZE = (640, 960)
@@ -63,10 +61,10 @@ def build_multiview_model(
         info = {"model": "Zero123++ v1.2 architecture (random weights)", "config": "models/zero123plus/configs/full"}
         return MultiviewModel(Zero123PlusPipeline(components, background_rgb=background), *FULL_SIZE, info)
     if mode == "locked":
-        components = load_components(Path(weights_dir) / ZERO123PLUS_FOLDER, device=device, dtype=dtype)
-        info: dict[str, object] = {"model": ZERO123PLUS_FOLDER}
+        components = load_components(Path(weights_dir) / ZERO123PLUS_DIR, device=device, dtype=dtype)
+        info: dict[str, object] = {"model": ZERO123PLUS_DIR}
         if variant == "instantmesh":
-            swap_unet_weights(components.unet, Path(weights_dir) / INSTANTMESH_UNET_FILE)
-            info["unet"] = INSTANTMESH_UNET_FILE
+            swap_unet_weights(components.unet, Path(weights_dir) / INSTANTMESH_UNET)
+            info["unet"] = INSTANTMESH_UNET
         return MultiviewModel(Zero123PlusPipeline(components, background_rgb=background), *FULL_SIZE, info)
     raise ValueError(f"unknown weights mode {mode!r}")

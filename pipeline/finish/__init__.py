@@ -46,18 +46,16 @@ def gltf_extras(metadata: dict[str, Any]) -> dict[str, Any]:
 class FinishStage:
     name: ClassVar[str] = "finish"
     progress_weight: ClassVar[float] = 0.05
-
-    def __init__(self) -> None:
-        self._runtime: Runtime | None = None
+    reads: ClassVar[frozenset[str]] = frozenset({"mesh", "metadata"})
+    writes: ClassVar[frozenset[str]] = frozenset({"glb", "qa"})
 
     def load(self, runtime: Runtime) -> None:
-        self._runtime = runtime  # nothing to load: no model weights in this stage
+        """Nothing to load: no model weights in this stage."""
 
     def run(self, job: JobState, ctx: StageContext) -> None:
         if job.mesh is None:
             raise Lift3dError("the finish stage needs a reconstructed mesh", code="missing_mesh")
-        runtime = self._runtime or ctx.runtime
-        settings = runtime.settings.finish
+        settings = ctx.runtime.settings.finish
         options = FinishOptions(
             target_faces=job.options.target_faces,
             texture_size=job.options.texture_size,
@@ -72,7 +70,7 @@ class FinishStage:
             job.mesh.color_query,
             options,
             extras=gltf_extras(job.metadata),
-            device=runtime.device,
+            device=ctx.runtime.device,
             on_step=lambda step, total, name: ctx.report(step, total, name),
             check_cancelled=ctx.check_cancelled,
         )

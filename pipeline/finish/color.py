@@ -9,7 +9,3 @@ def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
     srgb = np.clip(np.asarray(srgb, np.float32), 0.0, 1.0)
     return np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
-
-def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
-    linear = np.clip(np.asarray(linear, np.float32), 0.0, 1.0)
-    return np.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear ** (1 / 2.4) - 0.055).astype(np.float32)
