@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 PACKAGES = ("lift3d", "models", "pipeline", "server", "benchmarks")
 

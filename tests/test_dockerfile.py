@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 DOCKERFILE = REPO / "Dockerfile.cuda"
 SCRIPT = REPO / "scripts" / "docker_install.sh"

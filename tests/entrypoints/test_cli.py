@@ -1,0 +1,142 @@
+"""`lift3d generate` and `lift3d serve` as a user types them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import os
+import pytest
+
+import pipeline.engine
+from lift3d.entrypoints.cli import build_parser, main
+from tests.support.servers import BoxFinishStage, TimedStage, small_png
+from pipeline.decode import DecodeStage
+
+
+@pytest.fixture()
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.png"
+    path.write_bytes(small_png())
+    return path
+
+
+@pytest.fixture()
+def fake_engine_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`generate` builds ``pipeline.engine.Engine(settings.engine)``: give it fake model stages."""
+
+    class FakeEngine(pipeline.engine.Engine):
+        def __init__(self, settings, stages=None):  # noqa: ANN001
+            super().__init__(settings, [DecodeStage(), TimedStage(0.0), BoxFinishStage()])
+
+    monkeypatch.setattr(pipeline.engine, "Engine", FakeEngine)
+
+
+def test_generate_writes_a_glb(tmp_path: Path, photo: Path, fake_engine_class: None, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "out.glb"
+    code = main(["generate", str(photo), "-o", str(out), "--weights", "tiny", "--device", "cpu", "--seed", "4", "--steps", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert out.read_bytes()[:4] == b"glTF"
+    assert "seed 4" in captured.out and "weights tiny" in captured.out
+    assert "not a real reconstruction" in captured.err
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+BAD = [
+    ("missing file", lambda tmp: tmp / "nope.png", [], "cannot read"),
+    ("not an image", lambda tmp: _write(tmp / "notes.png", b"hello, not a picture"), [], "unsupported_media_type"),
+    ("truncated", lambda tmp: _write(tmp / "cut.png", small_png(size=300)[:300]), [], "truncated_image"),
+    ("steps out of range", lambda tmp: _write(tmp / "ok.png", small_png()), ["--steps", "999"], "invalid_steps"),
+    ("texture size", lambda tmp: _write(tmp / "ok.png", small_png()), ["--texture-size", "7"], "invalid_texture_size"),
+]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("name,make,extra,reason", BAD, ids=[case[0] for case in BAD])
+def test_generate_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, name: str, make, extra: list[str], reason: str, fake_engine_class: None, capsys  # noqa: ANN001
+) -> None:
+    image = make(tmp_path)
+    out = tmp_path / "out.glb"
+    code = main(["generate", str(image), "-o", str(out), "--weights", "tiny", "--device", "cpu", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("lift3d generate: ") and reason in err, err
+    assert not out.exists()
+
+
+def test_generate_refuses_a_non_glb_output(tmp_path: Path, photo: Path, capsys) -> None:  # noqa: ANN001
+    assert main(["generate", str(photo), "-o", str(tmp_path / "out.obj")]) == 2
+    assert ".glb" in capsys.readouterr().err
+
+
+def test_generate_missing_weights_fails_with_one_line(
+    tmp_path: Path, photo: Path, monkeypatch: pytest.MonkeyPatch, capsys  # noqa: ANN001
+) -> None:
+    """Locked weights in an empty dir, with the real engine: exit 1 and one line naming the problem."""
+    monkeypatch.setenv("LIFT3D_WEIGHTS_DIR", str(tmp_path / "empty"))
+    code = main(["generate", str(photo), "-o", str(tmp_path / "o.glb"), "--device", "cpu", "--weights", "locked"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lift3d generate: ")]
+    assert code == 1
+    assert len(lines) == 1 and "weights" in lines[0], lines
+
+
+def test_serve_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    def fake_serve(settings):  # noqa: ANN001, ANN202
+        seen["settings"] = settings
+        return 0
+
+    import server.main
+
+    monkeypatch.setattr(server.main, "serve", fake_serve)
+    monkeypatch.setenv("LIFT3D_API_KEYS", "a,b")
+    monkeypatch.setenv("LIFT3D_QUEUE_SIZE", "5")
+    code = main(["serve", "--host", "0.0.0.0", "--port", "8123", "--weights", "tiny", "--device", "cpu", "--data-dir", "/srv/x"])
+    settings = seen["settings"]
+    assert code == 0
+    assert (settings.server.host, settings.server.port) == ("0.0.0.0", 8123)
+    assert (settings.engine.weights, settings.engine.device) == ("tiny", "cpu")
+    assert settings.server.api_keys == ("a", "b") and settings.server.queue_size == 5
+    assert settings.storage.data_dir == "/srv/x"
+
+
+def test_cli_contract_flags_exist() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["generate", "in.png", "-o", "out.glb", "--weights", "dummy", "--device", "cuda", "--seed", "1", "--steps", "3"])
+    assert (args.image, args.output, args.weights, args.device, args.seed, args.steps) == ("in.png", "out.glb", "dummy", "cuda", 1, 3)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--weights", "huge"])
+
+
+def test_serve_in_locked_mode_without_weights_exits_with_the_pull_command(tmp_path, capsys):
+    from lift3d.entrypoints.cli import main
+
+    code = main(["serve", "--weights", "locked", "--device", "cpu", "--weights-dir", str(tmp_path / "empty"),
+                 "--data-dir", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "lift3d weights pull --profile" in err
+    assert "--weights dummy" in err
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_serve_refuses_a_data_dir_another_server_holds_with_one_line(tmp_path, capsys):
+    from lift3d.entrypoints.cli import main
+    from server.storage import lock_data_dir
+
+    data = tmp_path / "data"
+    data.mkdir()
+    held = lock_data_dir(data)  # stands in for a live server on the same volume
+    try:
+        code = main(["serve", "--weights", "tiny", "--device", "cpu", "--data-dir", str(data), "--port", "0"])
+    finally:
+        os.close(held)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "in use by another lift3d process" in err
