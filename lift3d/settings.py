@@ -88,6 +88,8 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_seconds: float = 120.0
     cors_origins: tuple[str, ...] = ()
     sse_keepalive_seconds: float = 15.0
+    # The built-in demo page at /demo (it holds no data and asks for an API key itself).
+    demo: bool = True
 
 
 class StorageSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,6 +136,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return msgspec.convert(tree, Settings, strict=False)
 
 
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected a true/false flag, got {value!r}")
+
+
 def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
@@ -157,6 +168,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_JOB_DEADLINE_SECONDS": ("server.job_deadline_seconds", float),
     "LIFT3D_SHUTDOWN_GRACE_SECONDS": ("server.shutdown_grace_seconds", float),
     "LIFT3D_CORS_ORIGINS": ("server.cors_origins", _split_list),
+    "LIFT3D_DEMO": ("server.demo", _flag),
     "LIFT3D_DATA_DIR": ("storage.data_dir", str),
     "LIFT3D_RETENTION_SECONDS": ("storage.default_retention_seconds", int),
     "LIFT3D_MAX_RETENTION_SECONDS": ("storage.max_retention_seconds", int),

@@ -7,6 +7,7 @@
 #   deps     builder: the locked dependencies without the project (the cached layer)
 #   project  builder: the project itself, bytecode compiled, then an import smoke test
 #   weights  builder: `lift3d weights pull --profile $PROFILE` when PROFILE is set
+#   viewer   node stage: the demo page's 3D viewer from npm, exactly as server/demo/package-lock.json pins it
 #
 # Switches for tests (never set in the Dockerfile):
 #   DOCKER_INSTALL_DRY_RUN=1   print the commands of a phase instead of running them
@@ -14,7 +15,7 @@
 #                              out, and install the CPU torch wheel found in DIR instead
 set -euo pipefail
 
-phase=${1:?usage: docker_install.sh system|python|deps|project|weights}
+phase=${1:?usage: docker_install.sh system|python|deps|project|weights|viewer}
 cd "$(dirname "$0")/.."
 
 run() {
@@ -73,6 +74,9 @@ case "$phase" in
       # Partial downloads and wheels are not needed at run time.
       run rm -rf "$dir/.lift3d/staging"
     fi
+    ;;
+  viewer)
+    run npm ci --prefix server/demo --no-audit --no-fund --loglevel=error
     ;;
   *)
     echo "docker_install.sh: unknown phase $phase" >&2

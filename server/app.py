@@ -19,6 +19,7 @@ import lift3d
 from lift3d.settings import Settings
 from pipeline.engine import Engine
 from server.auth import make_auth_guard, resolve_api_keys
+from server.demo import DEMO_ROUTES
 from server.info import engine_models
 from server.problems import EXCEPTION_HANDLERS
 from server.routes import ROUTES, Services
@@ -81,7 +82,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
         security=[{"bearer": []}],
     )
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *(DEMO_ROUTES if settings.server.demo else [])],
         guards=[make_auth_guard(keys)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

@@ -25,7 +25,7 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
 def copy_tree(destination: Path) -> None:
     shutil.copy(REPO / "pyproject.toml", destination / "pyproject.toml")
     for package in PACKAGES:
-        shutil.copytree(REPO / package, destination / package, ignore=shutil.ignore_patterns("__pycache__", "results"))
+        shutil.copytree(REPO / package, destination / package, ignore=shutil.ignore_patterns("__pycache__", "results", "node_modules"))
 
 
 def test_no_import_crosses_a_floor_upward(tmp_path: Path) -> None:

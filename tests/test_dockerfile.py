@@ -26,7 +26,7 @@ from tests.support.paths import REPO
 
 DOCKERFILE = REPO / "Dockerfile.cuda"
 SCRIPT = REPO / "scripts" / "docker_install.sh"
-PHASES = {"system", "python", "deps", "project", "weights"}
+PHASES = {"system", "python", "deps", "project", "weights", "viewer"}
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -197,3 +197,25 @@ def test_deps_and_project_phases_install_into_a_fresh_venv(tmp_path: Path) -> No
     probe = "import torch, diffusers, litestar, runpod, lift3d.weights; print(torch.__version__)"
     completed = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0 and completed.stdout.startswith("2.13.0"), completed.stderr
+
+
+def test_viewer_phase_installs_the_locked_npm_package(tmp_path: Path) -> None:
+    """The node stage's `viewer` phase, run for real on a copy of the demo folder."""
+    if shutil.which("npm") is None:
+        pytest.skip("needs npm")
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "scripts" / SCRIPT.name)
+    demo = tmp_path / "server" / "demo"
+    demo.mkdir(parents=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(REPO / "server" / "demo" / name, demo / name)
+    completed = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / SCRIPT.name), "viewer"], env=script_env(), capture_output=True, text=True, timeout=300
+    )
+    if completed.returncode != 0 and ("ENOTFOUND" in completed.stderr or "EAI_AGAIN" in completed.stderr):
+        pytest.skip("the npm registry is unreachable")
+    assert completed.returncode == 0, completed.stderr
+    assert (demo / "node_modules" / "@google" / "model-viewer" / "dist" / "model-viewer.min.js").is_file()
+    lock = json.loads((demo / "package-lock.json").read_text())
+    installed = json.loads((demo / "node_modules" / "@google" / "model-viewer" / "package.json").read_text())
+    assert installed["version"] == lock["packages"]["node_modules/@google/model-viewer"]["version"]
