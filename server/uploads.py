@@ -18,7 +18,7 @@ from lift3d.errors import UploadTooLarge
 from server.problems import ApiError
 
 IMAGE_FIELD = "image"
-RAW_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
+RAW_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 # Room for the multipart framing and the small option fields around the image.
 FORM_OVERHEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 4096
