@@ -80,8 +80,8 @@ MAX_ASPECT_RATIO: Final = 32
 DCT_REDUCTIONS: Final = (1, 2, 4, 8)
 # Decoded pixels kept per pixel of what the later stages look at. Measured in
 # benchmarks/bench_decode.py: at 2x a DCT-reduced decode gives a framed 320 px
-# condition image within ~46-48 dB PSNR of the full decode (below the error the
-# JPEG itself carries at that scale), at 1x only ~34-37 dB.
+# output within 50 dB PSNR of the one a full decode gives (about the error JPEG
+# q90 itself leaves at that scale); at 1x it falls to 40-49 dB, below 1x to ~31.
 OVERSAMPLING: Final = 2
 # What the u2net/u2netp segmenters look at: the whole image resized to 320 x 320.
 SEGMENTER_INPUT_SIDE: Final = 320
