@@ -31,7 +31,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import capture_environment, default_images_dir, results_stem, utc_now, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    capture_environment,
+    default_images_dir,
+    load_average,
+    results_stem,
+    utc_now,
+    write_results,
+)
 from lift3d.settings import DecodeSettings, EngineSettings  # noqa: E402
 from pipeline.background import BackgroundStage, BorderColourSegmenter  # noqa: E402
 from pipeline.decode import DecodeStage, decode_upload  # noqa: E402
@@ -170,13 +177,6 @@ def markdown(payload: dict[str, Any]) -> str:
             f"| {row['psnr_vs_full_decode_db']} dB | {row['jpeg_q90_own_error_db']} dB |"
         )
     return "\n".join(lines)
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:

@@ -92,11 +92,12 @@ def test_16_bit_png_is_scaled_not_clipped():
     assert grey.min() == 0 and grey.max() == 255 and len(np.unique(grey)) > 200
 
 
-def test_palette_png_with_transparency_keeps_real_alpha():
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_transparency_keeps_real_alpha(fmt):
     palette = Image.new("P", (32, 32), 0)
     palette.putpalette([255, 255, 255, 200, 30, 30] + [0] * 762)
     palette.paste(1, (8, 8, 24, 24))
-    image = decode_image(encode(palette, "PNG", transparency=0), SETTINGS)
+    image = decode_image(encode(palette, fmt, transparency=0), SETTINGS)
     assert image.mode == "RGBA"
     pixels = np.asarray(image)
     assert pixels[0, 0, 3] == 0
@@ -286,16 +287,9 @@ def test_animated_gif_yields_its_first_frame():
     assert tuple(np.asarray(image)[24, 24]) == (220, 20, 20)
 
 
-def test_gif_palette_transparency_becomes_real_alpha():
+def test_a_gif_without_a_transparent_index_is_rgb():
     palette = Image.new("P", (32, 32), 0)
     palette.putpalette([255, 255, 255, 200, 30, 30] + [0] * 762)
-    palette.paste(1, (8, 8, 24, 24))
-    image = decode_image(encode(palette, "GIF", transparency=0), SETTINGS)
-    assert image.mode == "RGBA"
-    pixels = np.asarray(image)
-    assert pixels[0, 0, 3] == 0
-    assert tuple(pixels[16, 16]) == (200, 30, 30, 255)
-    # Without a transparent index the same palette is plain RGB.
     assert decode_image(encode(palette, "GIF"), SETTINGS).mode == "RGB"
 
 
