@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cpu_model  # noqa: E402
+from benchmarks.common import cpu_model, load_average  # noqa: E402
 from pipeline.finish import SUB_STEPS, FinishOptions, finish_mesh  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "finish.md"
@@ -55,13 +55,6 @@ def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
         return "unknown"
 
 

@@ -65,6 +65,18 @@ class TooManyPixels(InputError):
     code = "too_many_pixels"
 
 
+class ExtremeAspectRatio(InputError):
+    """The image's longer side is more than ``MAX_ASPECT_RATIO`` (pipeline/decode.py) times its shorter side.
+
+    Refused from the header, before any pixel is decoded. Memory does not need this
+    rule (no stage ever builds a canvas larger than the decoded image or the 320-px
+    output); it refuses inputs the model cannot use: a 1 x 65,500 strip becomes a
+    line thinner than one pixel of the square condition image.
+    """
+
+    code = "extreme_aspect_ratio"
+
+
 class NoForeground(InputError):
     """Background removal found no object to frame."""
 

@@ -8,11 +8,23 @@ Modes (``remove_background``):
 After segmenting, the object's alpha bounding box is recentred in a square whose
 side makes the box's larger side ``foreground_ratio`` of it, then resized to the
 multiview input size and composited on the fill colour the multiview model expects.
+
+Memory is bounded by the decoded image, whatever its shape: the square is never
+built at source resolution. Only the part of it that lies inside the image is
+resampled, straight to the output size, onto a transparent output-sized canvas
+(a 1 x 65,500 strip costs a 320 x 320 canvas, not a 65,500-px square).
+
+When the decoder reduced a JPEG and the object's square holds fewer than
+``OVERSAMPLING`` x output pixels at that scale, the stage decodes the upload again
+at the coarsest reduction that gives it enough (within the pixel cap), so a
+small object in a large photo keeps the detail a full decode would give it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -21,6 +33,7 @@ from PIL import Image
 
 from lift3d.settings import BackgroundSettings
 from lift3d.errors import NoForeground
+from pipeline.decode import OVERSAMPLING, decode_image
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.png import png_bytes
@@ -73,10 +86,16 @@ class BorderColourSegmenter:
         self.threshold = threshold
 
     def mask(self, image: Image.Image) -> Image.Image:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        pixels = np.asarray(image.convert("RGB"))
         border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-        distance = np.linalg.norm(pixels - np.median(border, axis=0), axis=-1)
-        return Image.fromarray(np.where(distance > self.threshold, 255, 0).astype(np.uint8))
+        reference = np.median(border, axis=0).round().astype(np.int32)
+        # Squared distance summed channel by channel in int32: a few bytes per pixel,
+        # where float32 broadcasting would hold three 12-byte copies of the image.
+        distance = np.zeros(pixels.shape[:2], dtype=np.int32)
+        for channel in range(3):
+            difference = pixels[..., channel].astype(np.int32) - reference[channel]
+            distance += difference * difference
+        return Image.fromarray(np.where(distance > self.threshold**2, 255, 0).astype(np.uint8))
 
 
 def has_real_alpha(image: Image.Image) -> bool:
@@ -91,47 +110,78 @@ def foreground_bbox(alpha: Image.Image) -> tuple[int, int, int, int] | None:
     return alpha.point(lambda value: 255 if value >= FOREGROUND_ALPHA else 0).getbbox()
 
 
-def frame_foreground(cutout: Image.Image, ratio: float, size: int) -> Image.Image:
-    """Centre the object's bounding box in a ``size`` square, its larger side ``ratio`` of the side."""
-    box = foreground_bbox(cutout.getchannel("A"))
+@dataclass(frozen=True)
+class Square:
+    """A square in an image's pixel coordinates; it may reach outside the image."""
+
+    left: float
+    top: float
+    side: float
+
+
+def framing_square(alpha: Image.Image, ratio: float) -> Square:
+    """The square centred on the object's bounding box, the box's larger side ``ratio`` of its side."""
+    box = foreground_bbox(alpha)
     if box is None:
         raise NoForeground("no object was found in the image; try remove_background=off")
     left, top, right, bottom = box
     side = max(right - left, bottom - top) / ratio
-    centre_x, centre_y = (left + right) / 2, (top + bottom) / 2
-    # A crop box reaching outside the image pads with transparent pixels: recentre and pad in one step.
-    square = cutout.crop(
-        (
-            round(centre_x - side / 2),
-            round(centre_y - side / 2),
-            round(centre_x - side / 2) + round(side),
-            round(centre_y - side / 2) + round(side),
-        )
+    return Square((left + right - side) / 2, (top + bottom - side) / 2, side)
+
+
+def whole_image_square(width: int, height: int) -> Square:
+    side = max(width, height)
+    return Square((width - side) / 2, (height - side) / 2, side)
+
+
+def render_square(rgba: Image.Image, square: Square, size: int) -> Image.Image:
+    """``square`` of ``rgba`` as a ``size`` x ``size`` RGBA image, transparent where it leaves the image.
+
+    Only the square's intersection with the image is resampled (LANCZOS, premultiplied
+    alpha), straight to its share of the output: no canvas larger than the image or
+    the output is ever allocated.
+    """
+    scale = size / square.side
+    source = (
+        max(0.0, square.left),
+        max(0.0, square.top),
+        min(float(rgba.width), square.left + square.side),
+        min(float(rgba.height), square.top + square.side),
     )
-    return square.resize((size, size), Image.Resampling.LANCZOS)
+
+    def span(start: float, stop: float, origin: float) -> tuple[int, int]:
+        first = min(size - 1, max(0, round((start - origin) * scale)))
+        return first, min(size, max(first + 1, round((stop - origin) * scale)))
+
+    x0, x1 = span(source[0], source[2], square.left)
+    y0, y1 = span(source[1], source[3], square.top)
+    region = rgba.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS, box=source)
+    canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    canvas.paste(region, (x0, y0))
+    return canvas
+
+
+def frame_foreground(cutout: Image.Image, ratio: float, size: int) -> Image.Image:
+    """Centre the object's bounding box in a ``size`` square, its larger side ``ratio`` of the side."""
+    return render_square(cutout, framing_square(cutout.getchannel("A"), ratio), size)
 
 
 def pad_to_square(image: Image.Image, size: int) -> Image.Image:
     """The whole image, centred in a transparent square, resized to ``size`` (``off`` mode)."""
-    rgba = image.convert("RGBA")
-    side = max(rgba.size)
-    square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-    square.paste(rgba, ((side - rgba.width) // 2, (side - rgba.height) // 2))
-    return square.resize((size, size), Image.Resampling.LANCZOS)
+    return render_square(image.convert("RGBA"), whole_image_square(*image.size), size)
 
 
 class BackgroundStage:
     name = "background"
     progress_weight = 0.04
     reads = frozenset({"image"})
-    writes = frozenset({"cutout", "metadata", "previews"})
+    # input_bytes: kept by the decode stage for a finer decode of a reduced JPEG, dropped here.
+    writes = frozenset({"cutout", "metadata", "previews", "input_bytes"})
 
     def __init__(self, segmenter: Segmenter | None = None) -> None:
         self._segmenter = segmenter
-        self._settings: BackgroundSettings | None = None
 
     def load(self, runtime: Runtime) -> None:
-        self._settings = runtime.settings.background
         if self._segmenter is None:
             self._segmenter = self._load_segmenter(runtime)
 
@@ -149,11 +199,18 @@ class BackgroundStage:
         return BorderColourSegmenter()
 
     def run(self, job: JobState, ctx: StageContext) -> None:
-        settings = ctx.runtime.settings.background
+        try:
+            self._run(job, ctx, ctx.runtime.settings.background)
+        finally:
+            job.input_bytes = None  # kept by the decode stage only for _finer_decode
+
+    def _run(self, job: JobState, ctx: StageContext, settings: BackgroundSettings) -> None:
         image: Image.Image = job.image
         mode = job.options.remove_background
+        reduction = job.metadata.get("decode", {}).get("reduction", 1)
         ctx.report(0, 3, "choosing")
         if mode == "off":
+            # A reduced JPEG keeps a shorter side of OVERSAMPLING x output: the whole-image square has enough.
             source = "none"
             cutout = pad_to_square(image, settings.output_size)
         else:
@@ -168,9 +225,35 @@ class BackgroundStage:
                 rgba.putalpha(self._segmenter.mask(image))
             ctx.check_cancelled()
             ctx.report(2, 3, "framing")
-            cutout = frame_foreground(rgba, settings.foreground_ratio, settings.output_size)
+            square = framing_square(rgba.getchannel("A"), settings.foreground_ratio)
+            finer = self._finer_decode(job, ctx, square, settings)
+            if finer is not None:
+                # The mask travels up (u2net's is 320 px across the image at any scale); the
+                # box is measured again on the finer grid, so framing is as exact as the detail.
+                alpha = rgba.getchannel("A").resize(finer.size, Image.Resampling.BILINEAR)
+                reduction = max(1, round(reduction * image.width / finer.width))
+                rgba = finer.convert("RGB")
+                rgba.putalpha(alpha)
+                square = framing_square(alpha, settings.foreground_ratio)
+            cutout = render_square(rgba, square, settings.output_size)
         job.cutout = cutout
-        job.metadata["background"] = {"mode": mode, "mask": source}
+        job.metadata["background"] = {"mode": mode, "mask": source, "framing_reduction": reduction}
         if job.options.return_views:
             job.previews[CUTOUT_PREVIEW] = png_bytes(cutout)
         ctx.report(3, 3, "done")
+
+    @staticmethod
+    def _finer_decode(job: JobState, ctx: StageContext, square: Square, settings: BackgroundSettings) -> Image.Image | None:
+        """The upload decoded at the coarsest JPEG reduction that gives ``square`` enough pixels, when
+        the decode stage's reduction gives it too few and the pixel cap allows finer; else None."""
+        record = job.metadata.get("decode", {})
+        needed = OVERSAMPLING * settings.output_size
+        if job.input_bytes is None or record.get("reduction", 1) <= record.get("finest_reduction", 1):
+            return None
+        if square.side >= needed:
+            return None
+        ctx.check_cancelled()
+        # decode_image keeps the shorter side >= min_side; scaled so that the square gets `needed` pixels.
+        min_side = math.ceil(min(job.image.size) * needed / square.side)
+        finer = decode_image(job.input_bytes, ctx.runtime.settings.decode, min_side=min_side)
+        return finer if finer.width > job.image.width else None

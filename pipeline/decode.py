@@ -1,40 +1,50 @@
-"""Decode and validate an uploaded image: PNG, JPEG or WebP in, an upright RGB/RGBA PIL image out.
+"""Decode and validate an uploaded image: PNG, JPEG, WebP or GIF in, an upright RGB/RGBA PIL image out.
 
 Checks run cheapest first, and nothing touches pixel data until the header has
-been judged: byte cap -> magic bytes -> header dimensions (pixel cap and
-decompression-bomb ratio) -> decode of the first frame -> EXIF orientation ->
-ICC to sRGB -> mode normalisation. Every failure is a typed ``InputError``.
+been judged: byte cap -> magic bytes -> completeness (the format's end marker) ->
+header dimensions (aspect ratio, pixel cap, decompression-bomb ratio) -> decode
+of the first frame -> EXIF orientation -> ICC to sRGB -> mode normalisation.
+Every failure is a typed ``InputError``.
 
-The pixel cap bounds the *decoded* bitmap. A JPEG over it (a 48 MP phone photo)
-is decoded by libjpeg at 1/2, 1/4 or 1/8 scale when that fits, since JPEG can
-downscale in the DCT domain for free; PNG and WebP over the cap are refused.
+The pixel cap bounds the *decoded* bitmap, and it is enforced here, from the
+header, before any pixel buffer exists (for WebP from the RIFF chunk, because
+libwebp allocates its canvas when Pillow merely opens the file). Pillow's own
+process-wide guard (``Image.MAX_IMAGE_PIXELS``, warning filters) is left alone:
+the guard belongs to untrusted input, and the pipeline's own canvases must never
+trip it.
 
-GIF is rejected (415): the issue allows PNG, JPEG and WebP, GIF is a 256-colour
-format that no phone or camera produces for photos, and keeping its decoder out
-shrinks the attack surface. Animated input is covered by animated WebP (and
-APNG), of which the first frame is used.
+JPEGs are decoded in the DCT domain at 1/2, 1/4 or 1/8 scale (libjpeg's "draft"
+mode: the full-size bitmap is never allocated) when the pixel cap requires it,
+and otherwise as far as the shorter side stays at or above ``min_side``: twice
+the 320 px the segmenter and the framed output use. The background stage
+re-decodes at a finer scale when the object turns out small (pipeline/background.py),
+so the reduction never costs the condition image any detail. PNG, WebP and GIF
+cannot be reduced while decoding; over the cap they are refused.
+
+Animated PNG, WebP and GIF give their first frame.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import warnings
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+from PIL import GifImagePlugin, Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
-from lift3d.settings import DecodeSettings
 from lift3d.errors import (
     DecompressionBomb,
     EmptyImage,
+    ExtremeAspectRatio,
     TooManyPixels,
     TruncatedImage,
     UndecodableImage,
     UnsupportedFormat,
     UploadTooLarge,
 )
+from lift3d.settings import DecodeSettings
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import JobState
@@ -44,22 +54,55 @@ log = logging.getLogger("lift3d.decode")
 PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC: Final = b"\xff\xd8\xff"
 GIF_MAGICS: Final = (b"GIF87a", b"GIF89a")
+# The whole IEND chunk: zero length, type, and its fixed CRC.
+PNG_IEND_CHUNK: Final = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+GIF_TRAILER: Final = b";"
 
 # Header readers per format. They parse the header only; building them directly
-# (not through Image.open) lets our own pixel-cap check speak first, with our
-# error codes, before Pillow's process-wide bomb check would.
+# (not through Image.open) keeps Pillow's global bomb check out of the way, so our
+# own checks speak first, with our error codes.
 _HEADER_READERS: Final = {
     "PNG": PngImagePlugin.PngImageFile,
     "JPEG": JpegImagePlugin.JpegImageFile,
     "WEBP": WebPImagePlugin.WebPImageFile,
+    "GIF": GifImagePlugin.GifImageFile,
 }
 
 # An over-cap image whose decoded RGBA size would exceed this many times its file
 # size is reported as a decompression bomb (flat deflate/VP8L streams reach ~1000x;
 # honest photos stay below ~30x). Either way it is refused before decoding.
 BOMB_EXPANSION: Final = 100
+# Longer side / shorter side beyond which an image is refused (ExtremeAspectRatio):
+# past 32:1 the whole image, padded to the square condition image, is a strip
+# under 10 of its 320 px. Panoramas (up to ~12:1) and long screenshots pass.
+MAX_ASPECT_RATIO: Final = 32
+# libjpeg's DCT-domain scales.
+DCT_REDUCTIONS: Final = (1, 2, 4, 8)
+# Decoded pixels kept per pixel of what the later stages look at. Measured in
+# benchmarks/bench_decode.py: at 2x a DCT-reduced decode gives a framed 320 px
+# output within 50 dB PSNR of the one a full decode gives (about the error JPEG
+# q90 itself leaves at that scale); at 1x it falls to 40-49 dB, below 1x to ~31.
+OVERSAMPLING: Final = 2
+# What the u2net/u2netp segmenters look at: the whole image resized to 320 x 320.
+SEGMENTER_INPUT_SIDE: Final = 320
 
-_SRGB: Final = ImageCms.createProfile("sRGB")
+
+def working_min_side(output_size: int) -> int:
+    """The shorter side a reduced JPEG keeps: enough for the segmenter and for an ``off``-mode square."""
+    return OVERSAMPLING * max(output_size, SEGMENTER_INPUT_SIDE)
+
+
+DEFAULT_MIN_SIDE: Final = working_min_side(320)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image
+    format: str
+    # 1: full size; k: a JPEG decoded at 1/k scale in the DCT domain.
+    reduction: int
+    # The finest reduction the pixel cap allows: 1 except for JPEGs over the cap.
+    finest_reduction: int
 
 
 def sniff_format(data: bytes) -> str:
@@ -71,116 +114,145 @@ def sniff_format(data: bytes) -> str:
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     if data.startswith(GIF_MAGICS):
-        raise UnsupportedFormat("GIF is not accepted; send PNG, JPEG or WebP")
-    raise UnsupportedFormat("not a PNG, JPEG or WebP image (checked by content, not by file name)")
+        return "GIF"
+    raise UnsupportedFormat("not a PNG, JPEG, WebP or GIF image (checked by content, not by file name)")
 
 
-def harden_pillow(max_pixels: int) -> None:
-    """Pillow's bomb limit becomes our pixel cap and its warning an error.
-
-    Both are process-wide (Pillow and the warnings module keep them globally), so
-    this is the one place that sets them. It is idempotent and runs on every
-    decode: one process serves one settings object, and test runners reset
-    warning filters between tests.
-    """
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    promoted = any(
-        action == "error" and category is Image.DecompressionBombWarning
-        for action, _message, category, _module, _line in warnings.filters
-    )
-    if not promoted:
-        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
-
-
-def decode_image(data: bytes, settings: DecodeSettings) -> Image.Image:
+def decode_image(data: bytes, settings: DecodeSettings, *, min_side: int = DEFAULT_MIN_SIDE) -> Image.Image:
     """Validate and decode ``data``; the result is upright, sRGB, and RGB or RGBA (RGBA only for real alpha)."""
+    return decode_upload(data, settings, min_side=min_side).image
+
+
+def decode_upload(data: bytes, settings: DecodeSettings, *, min_side: int = DEFAULT_MIN_SIDE) -> DecodedImage:
+    """:func:`decode_image`, also saying at which JPEG reduction it decoded (``min_side=0``: the finest the cap allows)."""
     if len(data) == 0:
         raise EmptyImage("the upload is empty (0 bytes)")
     if len(data) > settings.max_upload_bytes:
         raise UploadTooLarge(f"the upload is {len(data)} bytes; the limit is {settings.max_upload_bytes}")
-    harden_pillow(settings.max_pixels)
     fmt = sniff_format(data)
+    _check_complete(data, fmt)
+    if fmt == "WEBP":
+        # libwebp allocates the whole canvas when the file is opened: judge its size first.
+        _plan_reduction(*webp_canvas_size(data), fmt, len(data), settings.max_pixels, min_side)
     image = _open_header(data, fmt)
-    _check_pixels(image, fmt, len(data), settings.max_pixels)
-    frame = _decode_first_frame(image, data, fmt)
-    frame = _upright(frame)
-    return _normalise(frame)
+    try:
+        finest, reduction = _plan_reduction(*image.size, fmt, len(data), settings.max_pixels, min_side)
+        if reduction > 1:
+            reduction = _apply_draft(image, reduction, finest, settings.max_pixels)
+        frame = _decode_first_frame(image, data, fmt)
+    finally:
+        image.close()
+    return DecodedImage(_normalise(_upright(frame)), fmt, reduction, finest)
+
+
+def _check_complete(data: bytes, fmt: str) -> None:
+    """A file must end as its format says: a missing end marker means the transfer was cut.
+
+    The cut may fall where no pixel is lost (after the last IDAT, after GIF frame 0),
+    but the image is then unverified (a PNG cut there has lost its zlib checksum), and
+    the client can simply send the whole file. JPEG's end marker is checked by libjpeg,
+    which refuses a scan without EOI; data after EOI (motion photos, MPO) is allowed.
+    """
+    if fmt == "PNG" and PNG_IEND_CHUNK not in data:
+        raise TruncatedImage("the PNG file has no IEND chunk: it ends early (truncated upload?)")
+    if fmt == "GIF" and not data.rstrip(b"\x00").endswith(GIF_TRAILER):
+        raise TruncatedImage("the GIF file has no trailer: it ends early (truncated upload?)")
+    if fmt == "WEBP" and len(data) < int.from_bytes(data[4:8], "little") + 8:
+        raise TruncatedImage("the WebP file is shorter than its RIFF header says (truncated upload?)")
+
+
+def webp_canvas_size(data: bytes) -> tuple[int, int]:
+    """Width and height from the first WebP chunk (VP8X canvas, VP8 key frame or VP8L header)."""
+    chunk, payload = data[12:16], data[20:]
+    if chunk == b"VP8X" and len(payload) >= 10:
+        return 1 + int.from_bytes(payload[4:7], "little"), 1 + int.from_bytes(payload[7:10], "little")
+    if chunk == b"VP8 " and len(payload) >= 10 and payload[3:6] == b"\x9d\x01\x2a":
+        return int.from_bytes(payload[6:8], "little") & 0x3FFF, int.from_bytes(payload[8:10], "little") & 0x3FFF
+    if chunk == b"VP8L" and len(payload) >= 5 and payload[0] == 0x2F:
+        bits = int.from_bytes(payload[1:5], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    raise UndecodableImage("the file starts like WebP but has no VP8X, VP8 or VP8L header")
 
 
 def _open_header(data: bytes, fmt: str) -> Image.Image:
     try:
         return _HEADER_READERS[fmt](io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Pillow's own check, at its default limit: a GIF frame reaching far outside its screen.
+        raise TooManyPixels(f"the {fmt} header declares a frame far larger than the pixel limit") from error
     except Exception as error:  # noqa: BLE001 - any parser failure is the client's bad file
         raise _decode_error(data, fmt, error) from error
 
 
-def _check_pixels(image: Image.Image, fmt: str, nbytes: int, max_pixels: int) -> None:
-    """Refuse over-cap images from their header; a JPEG may instead be decoded at a reduced scale."""
-    width, height = image.size
+def _reduced(length: int, reduction: int) -> int:
+    return -(-length // reduction)
+
+
+def _plan_reduction(
+    width: int, height: int, fmt: str, nbytes: int, max_pixels: int, min_side: int
+) -> tuple[int, int]:
+    """(finest, chosen) reduction for a declared size, or the typed refusal."""
     pixels = width * height
     if pixels <= 0:
         raise UndecodableImage(f"the image header declares an empty size {width}x{height}")
-    if pixels <= max_pixels:
-        return
-    if pixels * 4 > BOMB_EXPANSION * nbytes:
-        raise DecompressionBomb(
-            f"a {nbytes}-byte file declaring {width}x{height} pixels would expand "
-            f"{pixels * 4 // nbytes}x when decoded; refused as a decompression bomb"
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ExtremeAspectRatio(
+            f"the image is {width}x{height}; sides more than {MAX_ASPECT_RATIO}:1 apart are refused"
         )
-    if fmt == "JPEG" and _draft_under_cap(image, max_pixels):
-        return
-    raise TooManyPixels(f"the image is {width}x{height} = {pixels} pixels; the limit is {max_pixels}")
+    candidates = DCT_REDUCTIONS if fmt == "JPEG" else (1,)
+    fitting = [r for r in candidates if _reduced(width, r) * _reduced(height, r) <= max_pixels]
+    if not fitting:
+        if pixels * 4 > BOMB_EXPANSION * nbytes:
+            raise DecompressionBomb(
+                f"a {nbytes}-byte file declaring {width}x{height} pixels would expand "
+                f"{pixels * 4 // nbytes}x when decoded; refused as a decompression bomb"
+            )
+        scale = " even at 1/8 scale" if fmt == "JPEG" else ""
+        raise TooManyPixels(f"the image is {width}x{height} = {pixels} pixels{scale}; the limit is {max_pixels}")
+    # A JPEG that fits at some reduction is decoded there whatever its ratio: memory
+    # is bounded by the reduced bitmap, and libjpeg's time by the file's size.
+    finest = reduction = fitting[0]
+    short = min(width, height)
+    while min_side > 0 and reduction * 2 in fitting and _reduced(short, reduction * 2) >= min_side:
+        reduction *= 2
+    return finest, reduction
 
 
-def _draft_under_cap(image: Image.Image, max_pixels: int) -> bool:
-    """Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale (in the DCT domain: the full-size
-    bitmap is never allocated) so the decoded image fits the cap. 48-200 MP phone photos
-    become usable this way; the pipeline works at 320 px anyway."""
+def _apply_draft(image: Image.Image, reduction: int, finest: int, max_pixels: int) -> int:
+    """Ask libjpeg for 1/``reduction`` scale; returns the reduction it will really decode at."""
     width, height = image.size
-    for scale in (2, 4, 8):
-        if -(-width // scale) * -(-height // scale) <= max_pixels:
-            image.draft(image.mode, (width // scale, height // scale))
-            fits = image.size[0] * image.size[1] <= max_pixels
-            if fits:
-                log.info("decoding a %dx%d JPEG at 1/%d scale: %dx%d", width, height, scale, *image.size)
-            return fits
-    return False
+    # Pillow picks the largest scale not above min(width // w, height // h): floor sizes give exactly ``reduction``.
+    drafted = image.draft(image.mode, (max(1, width // reduction), max(1, height // reduction)))
+    actual = 1 if drafted is None else max(1, round(width / drafted[1][2]))
+    if actual < finest or image.size[0] * image.size[1] > max_pixels:
+        raise TooManyPixels(
+            f"the {width}x{height} JPEG cannot be decoded at a scale under the limit of {max_pixels} pixels"
+        )
+    log.debug("decoding a %dx%d JPEG at 1/%d scale: %dx%d", width, height, actual, *image.size)
+    return actual
 
 
 def _decode_first_frame(image: Image.Image, data: bytes, fmt: str) -> Image.Image:
-    """Decode frame 0 only (animated WebP/APNG) into memory."""
+    """Decode frame 0 only into memory (a freshly opened APNG, animated WebP or GIF is there already)."""
     try:
-        if getattr(image, "n_frames", 1) > 1:
-            image.seek(0)
         image.load()
-    except Image.DecompressionBombError as error:
-        raise DecompressionBomb(str(error)) from error
-    except Image.DecompressionBombWarning as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DecompressionBomb(str(error)) from error
     except Exception as error:  # noqa: BLE001 - decoder failures are the client's bad file
         raise _decode_error(data, fmt, error) from error
     # Detach from the parser (and its buffer of the upload): copy() keeps mode, info and pixels.
-    frame = image.copy()
-    image.close()
-    return frame
+    return image.copy()
 
 
 def _decode_error(data: bytes, fmt: str, error: Exception) -> Exception:
     if _looks_truncated(data, fmt) or "truncated" in str(error).lower() or isinstance(error, EOFError):
         return TruncatedImage(f"the {fmt} file ends early (truncated upload?)")
-    return UndecodableImage(f"the file starts like {fmt} but can't be decoded: {error}")
+    return UndecodableImage(f"the file starts like {fmt} but can't be decoded: {type(error).__name__}: {error}")
 
 
 def _looks_truncated(data: bytes, fmt: str) -> bool:
-    """Container-level evidence that the file was cut short."""
-    if fmt == "PNG":
-        return b"IEND" not in data[-64:]
-    if fmt == "WEBP":
-        declared = int.from_bytes(data[4:8], "little") + 8
-        return len(data) < declared
-    if fmt == "JPEG":
-        return b"\xff\xd9" not in data[-1024:]
-    return False
+    """Container-level evidence that the file was cut short (JPEG: no EOI marker near the end)."""
+    return fmt == "JPEG" and b"\xff\xd9" not in data[-1024:]
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -205,6 +277,9 @@ def _to_srgb(image: Image.Image) -> Image.Image:
         log.warning("ignoring unusable ICC profile: %s", error)
         return image
     return converted if converted is not None else image
+
+
+_SRGB: Final = ImageCms.createProfile("sRGB")
 
 
 def _has_alpha(image: Image.Image) -> bool:
@@ -232,21 +307,36 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
 
 
 class DecodeStage:
-    """Bytes in ``job.input_bytes`` -> ``job.image``; the upload is forgotten as soon as it is decoded."""
+    """Bytes in ``job.input_bytes`` -> ``job.image``.
+
+    The upload is forgotten as soon as it is decoded, except for a JPEG decoded at a
+    reduced scale: the background stage may re-decode the object's region finer, and
+    drops the bytes itself (the engine drops them on every other path).
+    """
 
     name = "decode"
     progress_weight = 0.01
     reads = frozenset({"input_bytes"})
     writes = frozenset({"input_bytes", "image", "metadata"})
 
+    def __init__(self) -> None:
+        self._min_side = DEFAULT_MIN_SIDE
+
     def load(self, runtime: Runtime) -> None:
-        harden_pillow(runtime.settings.decode.max_pixels)
+        self._min_side = working_min_side(runtime.settings.background.output_size)
 
     def run(self, job: JobState, ctx: StageContext) -> None:
         settings = ctx.runtime.settings.decode
         if job.input_bytes is None:
             raise EmptyImage("the job carries no image")
-        job.image = decode_image(job.input_bytes, settings)
-        job.input_bytes = None
-        job.metadata["input_size"] = list(job.image.size)
-        job.metadata["input_mode"] = job.image.mode
+        decoded = decode_upload(job.input_bytes, settings, min_side=self._min_side)
+        job.image = decoded.image
+        if decoded.reduction == decoded.finest_reduction:
+            job.input_bytes = None
+        job.metadata["input_size"] = list(decoded.image.size)
+        job.metadata["input_mode"] = decoded.image.mode
+        job.metadata["decode"] = {
+            "format": decoded.format,
+            "reduction": decoded.reduction,
+            "finest_reduction": decoded.finest_reduction,
+        }

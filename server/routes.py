@@ -107,7 +107,7 @@ class _SubmitOperation(Operation):
     summary="Submit an image",
     description=(
         "Send the image as the multipart/form-data field `image`, or as a raw body with "
-        "Content-Type image/png, image/jpeg or image/webp. Options go in form fields or the query. "
+        "Content-Type image/png, image/jpeg, image/webp or image/gif. Options go in form fields or the query. "
         "Answers 202 with the job id; follow `links.events` (SSE) or poll `links.self`."
     ),
     tags=["jobs"],
@@ -143,7 +143,7 @@ async def submit_job(
         upload = await read_raw_image(request.stream(), cap)
     else:
         raise UnsupportedFormat(
-            "send multipart/form-data with an `image` field, or a raw image/png, image/jpeg or image/webp body"
+            "send multipart/form-data with an `image` field, or a raw image/png, image/jpeg, image/webp or image/gif body"
         )
 
     # Query first, then form fields (the form wins); the raw strings are parsed in one place.

@@ -17,7 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from lift3d.errors import BadRequest, InputError, InvalidOption, MissingImage, UploadTooLarge
 
 IMAGE_FIELD = "image"
-RAW_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
+RAW_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 # Room for the multipart framing and the small option fields around the image.
 FORM_OVERHEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 4096

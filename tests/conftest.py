@@ -17,7 +17,7 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def shared_images() -> list[Path]:
     folder = shared_path("images")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".gif"})
     if not images:
         pytest.skip("../shared/images holds no images")
     return images

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_flags(serve)
 
     generate = commands.add_parser("generate", help="turn one image into a GLB, with a progress bar")
-    generate.add_argument("image", help="input image (PNG, JPEG or WebP)")
+    generate.add_argument("image", help="input image (PNG, JPEG, WebP or GIF; the first frame of an animation)")
     generate.add_argument("-o", "--output", required=True, help="output .glb path")
     generate.add_argument("--seed", type=int)
     generate.add_argument("--steps", type=int)

@@ -6,6 +6,7 @@ import io
 import struct
 import time
 import tracemalloc
+import warnings
 import zlib
 
 import numpy as np
@@ -16,7 +17,8 @@ from PIL import Image
 
 from lift3d.settings import DecodeSettings
 from lift3d import errors
-from pipeline.decode import decode_image, sniff_format
+from pipeline import decode as decode_module
+from pipeline.decode import MAX_ASPECT_RATIO, decode_image, decode_upload, sniff_format, webp_canvas_size
 
 SETTINGS = DecodeSettings()
 
@@ -92,11 +94,12 @@ def test_16_bit_png_is_scaled_not_clipped():
     assert grey.min() == 0 and grey.max() == 255 and len(np.unique(grey)) > 200
 
 
-def test_palette_png_with_transparency_keeps_real_alpha():
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_transparency_keeps_real_alpha(fmt):
     palette = Image.new("P", (32, 32), 0)
     palette.putpalette([255, 255, 255, 200, 30, 30] + [0] * 762)
     palette.paste(1, (8, 8, 24, 24))
-    image = decode_image(encode(palette, "PNG", transparency=0), SETTINGS)
+    image = decode_image(encode(palette, fmt, transparency=0), SETTINGS)
     assert image.mode == "RGBA"
     pixels = np.asarray(image)
     assert pixels[0, 0, 3] == 0
@@ -142,6 +145,7 @@ def test_format_comes_from_content_not_name():
     assert sniff_format(encode(gradient_rgb(), "PNG")) == "PNG"
     assert sniff_format(encode(gradient_rgb(), "JPEG")) == "JPEG"
     assert sniff_format(encode(gradient_rgb(), "WEBP")) == "WEBP"
+    assert sniff_format(encode(gradient_rgb(), "GIF")) == "GIF"
 
 
 # ---------------------------------------------------------------- rejections
@@ -167,9 +171,11 @@ def _corrupt_png() -> bytes:
         pytest.param(_truncated("PNG"), errors.TruncatedImage, 422, id="truncated-png"),
         pytest.param(_truncated("JPEG"), errors.TruncatedImage, 422, id="truncated-jpeg"),
         pytest.param(_truncated("WEBP"), errors.TruncatedImage, 422, id="truncated-webp"),
+        pytest.param(_truncated("GIF"), errors.TruncatedImage, 422, id="truncated-gif"),
         pytest.param(b"this is not an image, whatever photo.jpg says" * 10, errors.UnsupportedFormat, 415, id="text-named-jpg"),
         pytest.param(b"%PDF-1.7\n" + bytes(500), errors.UnsupportedFormat, 415, id="pdf"),
-        pytest.param(encode(gradient_rgb(), "GIF"), errors.UnsupportedFormat, 415, id="gif"),
+        pytest.param(b"GIF89a" + b"\x00" * 64 + b";", errors.UndecodableImage, 422, id="gif-magic-garbage"),
+        pytest.param(b"BM" + bytes(200), errors.UnsupportedFormat, 415, id="bmp"),
         pytest.param(_corrupt_png(), errors.UndecodableImage, 422, id="png-magic-garbage-body"),
         pytest.param(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9", errors.UndecodableImage, 422, id="jpeg-magic-garbage"),
     ],
@@ -229,14 +235,16 @@ def test_png_decompression_bomb_fails_fast_with_bounded_memory():
     assert peak < 5 * 1024 * 1024, peak
 
 
-def test_pillow_bomb_limit_is_our_cap_and_its_warning_an_error():
+def test_pillow_global_guard_is_left_alone_so_our_own_canvases_never_trip_it():
+    limit, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
     decode_image(encode(gradient_rgb(), "PNG"), DecodeSettings(max_pixels=7000))
-    assert Image.MAX_IMAGE_PIXELS == 7000
-    # Any other Image.open in the process is held to the same cap, as an error not a warning.
-    with pytest.raises(Image.DecompressionBombWarning):
-        Image.open(io.BytesIO(encode(noise_rgb(90, 90), "PNG")))
-    decode_image(encode(gradient_rgb(), "PNG"), SETTINGS)
-    assert Image.MAX_IMAGE_PIXELS == SETTINGS.max_pixels
+    assert Image.MAX_IMAGE_PIXELS == limit
+    assert list(warnings.filters) == filters
+    # The cap still holds for untrusted input...
+    with pytest.raises(errors.TooManyPixels):
+        decode_image(encode(noise_rgb(90, 90), "PNG"), DecodeSettings(max_pixels=7000))
+    # ...while a canvas of our own far beyond it is not an error anywhere else in the process.
+    assert Image.new("L", (200, 200)).crop((-50, -50, 250, 250)).size == (300, 300)
 
 
 def test_an_over_cap_jpeg_is_decoded_at_a_reduced_scale_that_fits():
@@ -267,3 +275,197 @@ def test_an_embedded_icc_profile_is_applied(mode, monkeypatch):
     assert image.mode == mode and calls == [mode]
     # sRGB -> sRGB: the transform runs and changes (almost) nothing.
     assert mean_abs_diff(image, source) < 1.5
+
+
+# ---------------------------------------------------------------- GIF: the first frame, like APNG and WebP
+
+
+def test_animated_gif_yields_its_first_frame():
+    frames = [Image.new("RGB", (48, 48), colour) for colour in [(220, 20, 20), (20, 220, 20), (20, 20, 220)]]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    assert Image.open(io.BytesIO(data)).n_frames == 3
+    image = decode_image(data, SETTINGS)
+    assert image.mode == "RGB" and image.size == (48, 48)
+    assert tuple(np.asarray(image)[24, 24]) == (220, 20, 20)
+
+
+def test_a_gif_without_a_transparent_index_is_rgb():
+    palette = Image.new("P", (32, 32), 0)
+    palette.putpalette([255, 255, 255, 200, 30, 30] + [0] * 762)
+    assert decode_image(encode(palette, "GIF"), SETTINGS).mode == "RGB"
+
+
+def gif_declaring_frame(screen: tuple[int, int], frame_box: tuple[int, int, int, int]) -> bytes:
+    """A GIF whose first image descriptor says ``frame_box`` (x, y, w, h): a few dozen bytes."""
+    header = b"GIF89a" + struct.pack("<HHBBB", *screen, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    descriptor = b"," + struct.pack("<HHHHB", *frame_box, 0)
+    return header + descriptor + b"\x02\x02\x4c\x01\x00" + b";"
+
+
+@pytest.mark.parametrize(
+    ("frame_box", "error"),
+    [((0, 0, 60000, 60000), errors.TooManyPixels), ((65000, 65000, 10, 10), errors.TooManyPixels), ((0, 0, 5000, 5000), errors.DecompressionBomb)],
+    ids=["huge-frame", "frame-far-off-screen", "bomb-ratio"],
+)
+def test_a_gif_frame_outside_its_screen_is_judged_before_decoding(frame_box, error):
+    with pytest.raises(error):
+        decode_image(gif_declaring_frame((10, 10), frame_box), SETTINGS)
+
+
+# ---------------------------------------------------------------- completeness: the end marker must be there
+
+
+def _png_bytes() -> bytes:
+    data = encode(noise_rgb(64, 48), "PNG")
+    assert data.endswith(decode_module.PNG_IEND_CHUNK)
+    return data
+
+
+@pytest.mark.parametrize("cut", [12, 16, 20], ids=["no-IEND", "no-IEND-nor-IDAT-crc", "no-IEND-crc-adler"])
+def test_a_png_without_iend_is_truncated_even_when_its_pixels_decode(cut):
+    data = _png_bytes()[:-cut]
+    # Pillow alone decodes every pixel of these: the cut falls after the last image row.
+    Image.open(io.BytesIO(data)).load()
+    with pytest.raises(errors.TruncatedImage):
+        decode_image(data, SETTINGS)
+
+
+def test_bytes_after_the_end_marker_are_ignored():
+    png = _png_bytes()
+    assert decode_image(png + b"trailing bytes", SETTINGS).size == (64, 48)
+    # A JPEG followed by more data (motion photos append a video, MPO a second image).
+    jpeg = encode(gradient_rgb(), "JPEG", quality=90)
+    assert decode_image(jpeg + b"\x00" * 100 + b"ftypmp42" + bytes(500), SETTINGS).size == (96, 64)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "cut"),
+    [("JPEG", 2), ("GIF", 1), ("WEBP", 1)],
+    ids=["jpeg-no-EOI", "gif-no-trailer", "webp-short-of-riff-size"],
+)
+def test_a_missing_end_marker_is_truncated(fmt, cut):
+    data = encode(noise_rgb(64, 48), fmt)
+    with pytest.raises(errors.TruncatedImage):
+        decode_image(data[:-cut], SETTINGS)
+
+
+# ---------------------------------------------------------------- aspect ratio
+
+
+@pytest.mark.parametrize("size", [(1, 65_500), (65_500, 1), (1, 20_000), (10, 330)], ids=["1x65500", "65500x1", "1x20000", "10x330"])
+def test_an_extreme_aspect_ratio_is_refused_from_the_header(size):
+    data = encode(Image.new("RGB", size, (90, 120, 30)), "JPEG", quality=80)
+    with pytest.raises(errors.ExtremeAspectRatio) as raised:
+        decode_image(data, SETTINGS)
+    assert http_status(raised.value) == 422 and raised.value.code == "extreme_aspect_ratio"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_the_aspect_limit_is_inclusive(fmt):
+    assert MAX_ASPECT_RATIO == 32
+    image = decode_image(encode(Image.new("RGB", (10, 320), (90, 120, 30)), fmt), SETTINGS)
+    assert image.size == (10, 320)
+
+
+# ---------------------------------------------------------------- JPEG reduction (draft mode)
+
+
+def phone_jpeg(size: tuple[int, int], **params) -> bytes:
+    """A large JPEG with smooth content: a gradient with a darker object in the middle."""
+    width, height = size
+    image = gradient_rgb(width // 8, height // 8).resize(size, Image.Resampling.BILINEAR)
+    image.paste((40, 40, 40), (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    return encode(image, "JPEG", quality=85, **params)
+
+
+def test_a_12_mp_jpeg_decodes_at_the_coarsest_scale_that_keeps_640_px():
+    data = phone_jpeg((4032, 3024))
+    decoded = decode_upload(data, SETTINGS)
+    assert (decoded.reduction, decoded.finest_reduction) == (4, 1)
+    assert decoded.image.size == (1008, 756)
+    # min_side decides: 1/8 would leave 378 px; asking for less allows it, min_side=0 is a full decode.
+    assert decode_upload(data, SETTINGS, min_side=378).image.size == (504, 378)
+    assert decode_upload(data, SETTINGS, min_side=0).image.size == (4032, 3024)
+    # Still the same picture.
+    full = decode_image(data, SETTINGS, min_side=0).resize((1008, 756), Image.Resampling.BOX)
+    assert mean_abs_diff(decoded.image, full) < 2
+
+
+def test_small_photos_are_never_reduced():
+    data = encode(gradient_rgb(1000, 667), "JPEG", quality=90)
+    decoded = decode_upload(data, SETTINGS)
+    assert decoded.reduction == 1 and decoded.image.size == (1000, 667)
+
+
+def test_a_48_mp_phone_jpeg_is_decoded_reduced_not_refused():
+    data = phone_jpeg((8000, 6000))
+    # Flat content compresses far beyond the bomb ratio: the reduced bitmap bounds memory anyway.
+    assert 8000 * 6000 * 4 > decode_module.BOMB_EXPANSION * len(data)
+    decoded = decode_upload(data, SETTINGS)
+    assert (decoded.reduction, decoded.finest_reduction) == (8, 2)
+    assert decoded.image.size == (1000, 750)
+    finest = decode_upload(data, SETTINGS, min_side=0)
+    assert finest.image.size == (4000, 3000) and finest.image.size[0] * finest.image.size[1] <= SETTINGS.max_pixels
+
+
+def test_exif_orientation_is_applied_after_a_reduced_decode():
+    upright = Image.new("RGB", (1300, 2400), (0, 0, 255))
+    upright.paste((255, 0, 0), (0, 0, 1300, 1200))  # red top half
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90, exif=exif.tobytes())
+    decoded = decode_upload(data, SETTINGS)
+    assert decoded.reduction == 2 and decoded.image.size == (650, 1200)
+    pixels = np.asarray(decoded.image)
+    assert pixels[100, 325, 0] > 200 and pixels[100, 325, 2] < 60
+    assert pixels[1100, 325, 2] > 200 and pixels[1100, 325, 0] < 60
+
+
+def test_cmyk_and_icc_survive_a_reduced_decode(monkeypatch):
+    from PIL import ImageCms
+
+    cmyk = Image.new("CMYK", (2600, 1400), (255, 0, 0, 0))  # pure cyan ink
+    decoded = decode_upload(encode(cmyk, "JPEG", quality=90), SETTINGS)
+    assert decoded.reduction == 2 and decoded.image.mode == "RGB"
+    red, green, blue = np.asarray(decoded.image)[350, 650].astype(int)
+    assert red < 40 and green > 215 and blue > 215
+
+    calls = []
+    real_transform = ImageCms.profileToProfile
+    monkeypatch.setattr(ImageCms, "profileToProfile", lambda *a, **k: calls.append(a[0].size) or real_transform(*a, **k))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    decoded = decode_upload(phone_jpeg((2600, 1400), icc_profile=srgb), SETTINGS)
+    assert decoded.reduction == 2 and calls == [(1300, 700)]
+
+
+def test_a_progressive_jpeg_is_reduced_too():
+    decoded = decode_upload(phone_jpeg((2600, 1400), progressive=True), SETTINGS)
+    assert decoded.reduction == 2 and decoded.image.size == (1300, 700)
+
+
+# ---------------------------------------------------------------- WebP: size judged before libwebp allocates
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"quality": 80}, {"lossless": True}, {"lossless": True, "save_all": True, "append_images": [Image.new("RGB", (77, 51))]}],
+    ids=["vp8", "vp8l", "vp8x-animated"],
+)
+def test_webp_canvas_size_is_read_from_the_first_chunk(params):
+    data = encode(noise_rgb(77, 51), "WEBP", **params)
+    assert webp_canvas_size(data) == (77, 51) == Image.open(io.BytesIO(data)).size
+
+
+def test_an_over_cap_webp_is_refused_before_libwebp_sees_it(monkeypatch):
+    # An animated WebP (VP8X) whose canvas field is edited to 16384 x 16384.
+    data = bytearray(encode(noise_rgb(64, 64), "WEBP", lossless=True, save_all=True, append_images=[Image.new("RGB", (64, 64))]))
+    assert data[12:16] == b"VP8X"
+    data[24:30] = (16383).to_bytes(3, "little") * 2
+    assert webp_canvas_size(bytes(data)) == (16384, 16384)
+
+    def never(*args, **kwargs):
+        raise AssertionError("libwebp was handed an over-cap canvas")
+
+    monkeypatch.setitem(decode_module._HEADER_READERS, "WEBP", never)
+    with pytest.raises(errors.DecompressionBomb):
+        decode_image(bytes(data), SETTINGS)

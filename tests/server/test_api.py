@@ -159,6 +159,16 @@ def test_raw_body_with_options_in_query(api: Api) -> None:
     assert api.client.get(f"/v1/jobs/{job['id']}/views.png", headers=KEY).status_code == 404
 
 
+def test_an_animated_gif_is_accepted_raw_and_in_a_form(api: Api) -> None:
+    frames = [Image.new("RGB", (64, 64), colour) for colour in [(200, 40, 40), (40, 200, 40)]]
+    gif = _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    raw = api.client.post("/v1/jobs?steps=1", content=gif, headers={**KEY, "Content-Type": "image/gif"})
+    form = api.client.post("/v1/jobs", files={"image": ("a.gif", gif, "image/gif")}, data={"steps": "1"}, headers=KEY)
+    for response in (raw, form):
+        assert response.status_code == 202, response.text
+        assert api.wait_status(response.json()["id"], TERMINAL)["status"] == "succeeded"
+
+
 def test_idempotency_key(api: Api) -> None:
     image = small_png((1, 2, 3))
     headers = {**KEY, "Idempotency-Key": "order-42", "Content-Type": "image/png"}
@@ -230,6 +240,12 @@ def _png(size: tuple[int, int], **save: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _encoded(image: Image.Image, fmt: str, **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
 def _bomb_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (6000, 6000), 0).save(buffer, format="PNG", optimize=True)
@@ -239,8 +255,11 @@ def _bomb_png() -> bytes:
 BAD_UPLOADS = [
     ("empty", b"", "image/png", 422, "empty_image"),
     ("text as png", b"just some text, not an image", "image/png", 415, "unsupported_media_type"),
-    ("gif", b"GIF89a" + b"\x00" * 64, "image/png", 415, "unsupported_media_type"),
+    ("bmp", b"BM" + bytes(200), "image/png", 415, "unsupported_media_type"),
+    ("gif without trailer", b"GIF89a" + b"\x00" * 64, "image/gif", 422, "truncated_image"),
     ("truncated png", _png((300, 300))[:400], "image/png", 422, "truncated_image"),
+    ("png without IEND", _png((300, 300))[:-12], "image/png", 422, "truncated_image"),
+    ("1x65500 jpeg", _encoded(Image.new("RGB", (1, 65_500)), "JPEG"), "image/jpeg", 422, "extreme_aspect_ratio"),
     ("garbage after magic", b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9", "image/jpeg", 422, "undecodable_image"),
     ("decompression bomb", _bomb_png(), "image/png", 422, "decompression_bomb"),
 ]
@@ -446,7 +465,7 @@ def test_metrics_and_info(api: Api) -> None:
     for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/owners/{owner}"):
         assert path in schema["paths"], path
     upload = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
-    assert set(upload) == {"multipart/form-data", "image/png", "image/jpeg", "image/webp"}
+    assert set(upload) == {"multipart/form-data", "image/png", "image/jpeg", "image/webp", "image/gif"}
 
 
 def test_cors_is_off_by_default_and_settable(tmp_path: Path, api: Api) -> None:
