@@ -168,9 +168,10 @@ def test_hub_download_is_pinned_to_the_revision_and_resumes(hub: FakeHub, tmp_pa
     assert (tmp_path / "org" / "model" / "weights.onnx").read_bytes() == payload
 
 
-def _torch_bytes(obj: object) -> bytes:
+def _torch_bytes(obj: object, *, legacy: bool = False) -> bytes:
+    """torch.save output; ``legacy`` writes the pre-zip pickle format (TripoSR's model.ckpt is one)."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(obj, buffer, _use_new_zipfile_serialization=not legacy)
     return buffer.getvalue()
 
 
@@ -203,13 +204,41 @@ def test_checkpoint_is_converted_to_safetensors_with_its_keys(hub: FakeHub, tmp_
     assert [c.state for c in verify_profile(lock, "test", tmp_path)] == ["corrupt"]
 
 
+def test_legacy_format_flat_state_dict_is_converted(hub: FakeHub, tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(1)
+    state = {
+        "decoder.layers.0.weight": torch.randn(6, 3, generator=generator),
+        "tokenizer.embeddings": torch.randn(3, 2, 2, 2, generator=generator),
+    }
+    ckpt = _torch_bytes(state, legacy=True)
+    assert not ckpt.startswith(b"PK")  # really the legacy pickle, not a zip archive
+    hub.add_repo_file("org/tsr", "model.ckpt", ckpt)
+    lock = make_lock(
+        entry(
+            "org/tsr/model.safetensors",
+            [hub_source("org/tsr", "model.ckpt", hub.commit)],
+            data=ckpt,
+            status="pinned",
+            convert="state-dict",
+        )
+    )
+    outcomes, _ = pull(lock, tmp_path, hub)
+    assert outcomes[0].action == "installed", outcomes[0].detail
+    converted = load_file(tmp_path / "org" / "tsr" / "model.safetensors")
+    assert set(converted) == set(state)
+    assert all(torch.equal(converted[name], tensor) for name, tensor in state.items())
+
+
 class _Exploit:
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (print, ("this pickle ran code",))
 
 
-def test_pickle_that_would_run_code_is_refused(hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    evil = _torch_bytes({"weight": torch.zeros(2), "payload": _Exploit()})
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_pickle_that_would_run_code_is_refused(
+    hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str], legacy: bool
+) -> None:
+    evil = _torch_bytes({"weight": torch.zeros(2), "payload": _Exploit()}, legacy=legacy)
     hub.add_repo_file("org/unet", "diffusion_pytorch_model.bin", evil)
     lock = make_lock(
         entry(
