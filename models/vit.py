@@ -107,7 +107,8 @@ class SelfAttention(nn.Module):
         return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x)))
+        q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
+        out = F.scaled_dot_product_attention(q, k, v)
         return out.transpose(1, 2).flatten(2)
 
 

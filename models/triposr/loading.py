@@ -1,0 +1,94 @@
+"""Build TripoSR in each weights mode and load the released checkpoint strictly.
+
+The released ``model.ckpt`` is a flat state dict: exactly the keys of
+``TripoSR.state_dict()``, no container, no prefix, float32 (the ViT pooler included,
+the ImageNet constants not). ``lift3d weights pull`` converts it to
+``model.safetensors``; a ``model.ckpt`` on disk is read tensors-only as well.
+
+In ``locked`` mode the pinned upstream ``config.yaml``, when present beside the
+weights, must describe the same architecture as the shipped preset: a mismatch is
+refused rather than loaded into the wrong shapes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from lift3d.errors import WeightsCorrupt, WeightsMissing
+from models import checkpoints
+from models.checkpoints import load_state_strict, read_checkpoint
+from models.triposr.config import PRESETS_DIR, TripoSRConfig
+from models.triposr.model import TripoSR
+
+WEIGHTS_SUBDIR = Path("stabilityai") / "TripoSR"
+CHECKPOINT_STEM = "model"
+UPSTREAM_CONFIG = "config.yaml"
+PRESET = "triposr"
+
+WeightsMode = Literal["locked", "dummy", "tiny"]
+
+
+def build_empty(config: TripoSRConfig) -> TripoSR:
+    """The architecture on the meta device: no memory, no init cost (for loading or key inspection)."""
+    return checkpoints.build_empty(lambda: TripoSR(config))
+
+
+def build_random(config: TripoSRConfig, *, device: torch.device | str = "cpu", seed: int | None = None) -> TripoSR:
+    """Random init directly on ``device``; seeded (independently of the global RNG) when ``seed`` is given."""
+    return checkpoints.build_random(lambda: TripoSR(config), device=device, seed=seed)
+
+
+def load_pretrained(config: TripoSRConfig, path: Path, *, device: torch.device | str = "cpu") -> TripoSR:
+    model = build_empty(config)
+    load_state_strict(model, read_checkpoint(path))
+    return model.to(device)
+
+
+def checkpoint_path(weights_dir: Path) -> Path:
+    """The converted safetensors file, or the upstream ``model.ckpt`` if that is what is on disk."""
+    folder = Path(weights_dir).expanduser() / WEIGHTS_SUBDIR
+    for suffix in (".safetensors", ".ckpt"):
+        candidate = folder / f"{CHECKPOINT_STEM}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise WeightsMissing(
+        f"TripoSR weights {WEIGHTS_SUBDIR / (CHECKPOINT_STEM + '.safetensors')} are not in the weights directory "
+        f"{weights_dir}: run `lift3d weights pull --profile fast`, or use `--weights dummy` to run "
+        "with random full-size weights"
+    )
+
+
+def check_upstream_config(config: TripoSRConfig, weights_dir: Path) -> None:
+    """Refuse a pinned ``config.yaml`` that describes another architecture than ``config``."""
+    path = Path(weights_dir).expanduser() / WEIGHTS_SUBDIR / UPSTREAM_CONFIG
+    if not path.is_file():
+        return
+    vit = json.loads((PRESETS_DIR / f"{PRESET}.json").read_text())["vit"]
+    try:
+        upstream = TripoSRConfig.from_upstream_yaml(path.read_text(), vit)
+    except (ValueError, KeyError, TypeError) as error:
+        raise WeightsCorrupt(f"{path} is not a TripoSR config this implementation can build: {error}") from error
+    ours = {k: v for k, v in vars(config).items() if k not in ("name", "mesh_resolution", "mesh_threshold", "seed")}
+    theirs = {k: v for k, v in vars(upstream).items() if k in ours}
+    differences = sorted(k for k in ours if ours[k] != theirs[k])
+    if differences:
+        raise WeightsCorrupt(f"{path} differs from the shipped TripoSR config in {differences}")
+
+
+def load_for_mode(mode: WeightsMode, *, weights_dir: Path, device: torch.device | str) -> TripoSR:
+    """The model for a weights mode: locked = released checkpoint, dummy = full-size random, tiny = own small config."""
+    if mode == "tiny":
+        config = TripoSRConfig.preset("tiny")
+        return build_random(config, device=device, seed=config.seed).eval()
+    config = TripoSRConfig.preset(PRESET)
+    if mode == "dummy":
+        return build_random(config, device=device).eval()
+    if mode == "locked":
+        path = checkpoint_path(weights_dir)
+        check_upstream_config(config, weights_dir)
+        return load_pretrained(config, path, device=device).eval()
+    raise ValueError(f"unknown weights mode {mode!r}")
