@@ -74,9 +74,8 @@ def profile_for(settings: EngineSettings) -> str:
     """The smallest profile that holds every file ``settings`` reads."""
     if settings.weights != "locked":
         return settings.weights  # "tiny" and "dummy" profiles carry the background model only
-    if settings.background.model != "u2netp" or settings.reconstruct.model == "instant-nerf-large":
-        return "quality"
-    return "fast"
+    # "fast" is the TripoSR pipeline's; every multiview configuration is in "quality".
+    return "quality"
 
 
 def engine_artifacts(settings: EngineSettings, lock: WeightsLock | None = None) -> list[Artifact]:
