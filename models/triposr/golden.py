@@ -216,13 +216,19 @@ def mesh_checks(run: CaseRun, scene: int, grid_tolerance: float) -> list[TensorC
     checks = []
 
     recorded_grid = run.recorded("density_grid")[scene] if f"{run.name}.density_grid" in run.data else None
-    if recorded_grid is not None and recorded_grid.shape[-1] == resolution:
+    if recorded_grid is not None and recorded_grid.shape[-1] != resolution:
+        recorded_grid = None  # a grid of another resolution says nothing about this mesh
+    if recorded_grid is not None:
         # Stage-isolated: our marching cubes and index->world mapping on the recorded grid.
         vertices, faces = marching_cubes_pymcubes(recorded_grid.numpy(), threshold)
-        to_index = (resolution - 1) / (2 * radius)
-        checks.append(
-            same_mesh_unordered(
-                f"{prefix}[marching cubes on recorded grid]",
+        name = f"{prefix}[marching cubes on recorded grid]"
+        world = run.model.field.grid_to_world(torch.from_numpy(vertices), resolution).numpy()
+        check = same_mesh_in_order(name, world, faces, ref_vertices, ref_faces)
+        if not check.ok:
+            # Another marching cubes may order vertices and triangles differently: compare as sets.
+            to_index = (resolution - 1) / (2 * radius)
+            check = same_mesh_unordered(
+                name,
                 vertices,
                 faces,
                 (ref_vertices + radius) * to_index,
@@ -230,7 +236,7 @@ def mesh_checks(run: CaseRun, scene: int, grid_tolerance: float) -> list[TensorC
                 grid_shape=tuple(recorded_grid.shape),
                 atol=MESH_VERTEX_ATOL * to_index,
             )
-        )
+        checks.append(check)
     if ref_colors is not None:
         # Colours at the recorded vertices from the recorded scene code.
         codes = run.recorded("scene_codes")[scene : scene + 1]
@@ -259,6 +265,19 @@ def mesh_checks(run: CaseRun, scene: int, grid_tolerance: float) -> list[TensorC
         name = f"{prefix}_vertex_colors_u8[end to end, nearest vertex]"
         checks.append(colour_check(name, mesh.vertex_colors, ref_colors[nearest]))
     return checks
+
+
+def same_mesh_in_order(
+    name: str, vertices: np.ndarray, faces: np.ndarray, ref_vertices: np.ndarray, ref_faces: np.ndarray
+) -> TensorCheck:
+    """Same vertices (world, within ``MESH_VERTEX_ATOL``) and the same triangles, in the same order."""
+    tolerance = f"in order atol={MESH_VERTEX_ATOL:g}"
+    if vertices.shape != ref_vertices.shape or faces.shape != ref_faces.shape:
+        detail = f"counts {len(vertices)}/{len(faces)} vs {len(ref_vertices)}/{len(ref_faces)}"
+        return TensorCheck(name, False, float("inf"), tolerance, detail)
+    error = float(np.abs(vertices - ref_vertices).max()) if len(vertices) else 0.0
+    same_faces = bool(np.array_equal(faces, ref_faces))
+    return TensorCheck(name, same_faces and error <= MESH_VERTEX_ATOL, error, tolerance, "" if same_faces else "faces differ")
 
 
 def colour_check(name: str, rgb: np.ndarray, reference_rgba: np.ndarray) -> TensorCheck:
