@@ -39,6 +39,15 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
+def find_checkpoint(folder: Path, stem: str) -> Path | None:
+    """``stem.safetensors`` (what ``lift3d weights pull`` installs), else an upstream ``stem.ckpt``, else None."""
+    for suffix in (".safetensors", ".ckpt"):
+        candidate = Path(folder).expanduser() / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Strict load by assignment (the model may live on the meta device); shapes and names must match exactly."""
     not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))

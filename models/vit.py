@@ -10,7 +10,7 @@ is resized by a scale factor, not to a target size (see ``Embeddings.positions_f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -149,9 +149,9 @@ class ViTLayer(nn.Module):
 
 
 class ViTEncoder(nn.Module):
-    def __init__(self, config: ViTConfig) -> None:
+    def __init__(self, config: ViTConfig, layer: Callable[[ViTConfig], nn.Module] = ViTLayer) -> None:
         super().__init__()
-        self.layer = nn.ModuleList(ViTLayer(config) for _ in range(config.num_hidden_layers))
+        self.layer = nn.ModuleList(layer(config) for _ in range(config.num_hidden_layers))
 
 
 class Pooler(nn.Module):
@@ -166,18 +166,21 @@ class ViTModel(nn.Module):
     """Pixels [N, C, H, W] (already normalised) -> last hidden state [N, 1 + patches, hidden], CLS first.
 
     Any H, W divisible by the patch size: the position table is interpolated as the reference does.
+    ``layer`` builds each block (a ``ViTLayer`` variant); ``conditioning`` is handed to every block.
     """
 
-    def __init__(self, config: ViTConfig, *, with_pooler: bool = True) -> None:
+    def __init__(
+        self, config: ViTConfig, *, with_pooler: bool = True, layer: Callable[[ViTConfig], nn.Module] = ViTLayer
+    ) -> None:
         super().__init__()
         self.embeddings = Embeddings(config)
-        self.encoder = ViTEncoder(config)
+        self.encoder = ViTEncoder(config, layer)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         if with_pooler:
             self.pooler = Pooler(config)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, *conditioning: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(pixels)
-        for layer in self.encoder.layer:
-            x = layer(x)
+        for block in self.encoder.layer:
+            x = block(x, *conditioning)
         return self.layernorm(x)

@@ -175,13 +175,22 @@ def _torch_bytes(obj: object, *, legacy: bool = False) -> bytes:
     return buffer.getvalue()
 
 
-def test_checkpoint_is_converted_to_safetensors_with_its_keys(hub: FakeHub, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("convert", "legacy"),
+    [("checkpoint-state-dict", False), ("state-dict", True)],
+    ids=["lightning-ckpt", "flat-legacy-ckpt"],  # InstantMesh's; TripoSR's (torch's pre-zip format)
+)
+def test_checkpoint_is_converted_to_safetensors_with_its_keys(
+    hub: FakeHub, tmp_path: Path, convert: str, legacy: bool
+) -> None:
     generator = torch.Generator().manual_seed(0)
     state = {
         "lrm_generator.encoder.weight": torch.randn(8, 4, generator=generator),
         "lrm_generator.decoder.bias": torch.randn(8, generator=generator),
     }
-    ckpt = _torch_bytes({"state_dict": state, "epoch": 3, "global_step": 10})
+    payload = {"state_dict": state, "epoch": 3, "global_step": 10} if convert == "checkpoint-state-dict" else state
+    ckpt = _torch_bytes(payload, legacy=legacy)
+    assert ckpt.startswith(b"PK") != legacy  # a zip archive, or really the legacy pickle
     hub.add_repo_file("org/lrm", "model.ckpt", ckpt)
     lock = make_lock(
         entry(
@@ -189,7 +198,7 @@ def test_checkpoint_is_converted_to_safetensors_with_its_keys(hub: FakeHub, tmp_
             [hub_source("org/lrm", "model.ckpt", hub.commit)],
             data=ckpt,
             status="pinned",
-            convert="checkpoint-state-dict",
+            convert=convert,
         )
     )
     outcomes, _ = pull(lock, tmp_path, hub)
@@ -202,31 +211,6 @@ def test_checkpoint_is_converted_to_safetensors_with_its_keys(hub: FakeHub, tmp_
     assert [c.state for c in verify_profile(lock, "test", tmp_path)] == ["ok"]
     (tmp_path / "org" / "lrm" / "model.safetensors").write_bytes(b"garbage")
     assert [c.state for c in verify_profile(lock, "test", tmp_path)] == ["corrupt"]
-
-
-def test_legacy_format_flat_state_dict_is_converted(hub: FakeHub, tmp_path: Path) -> None:
-    generator = torch.Generator().manual_seed(1)
-    state = {
-        "decoder.layers.0.weight": torch.randn(6, 3, generator=generator),
-        "tokenizer.embeddings": torch.randn(3, 2, 2, 2, generator=generator),
-    }
-    ckpt = _torch_bytes(state, legacy=True)
-    assert not ckpt.startswith(b"PK")  # really the legacy pickle, not a zip archive
-    hub.add_repo_file("org/tsr", "model.ckpt", ckpt)
-    lock = make_lock(
-        entry(
-            "org/tsr/model.safetensors",
-            [hub_source("org/tsr", "model.ckpt", hub.commit)],
-            data=ckpt,
-            status="pinned",
-            convert="state-dict",
-        )
-    )
-    outcomes, _ = pull(lock, tmp_path, hub)
-    assert outcomes[0].action == "installed", outcomes[0].detail
-    converted = load_file(tmp_path / "org" / "tsr" / "model.safetensors")
-    assert set(converted) == set(state)
-    assert all(torch.equal(converted[name], tensor) for name, tensor in state.items())
 
 
 class _Exploit:

@@ -12,24 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.instantmesh.config import LRMConfig
-from models.vit import Attention, DenseOutput, Embeddings, ViTConfig
+from models.vit import ViTConfig, ViTLayer, ViTModel
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
-class ModulatedViTLayer(nn.Module):
+class ModulatedViTLayer(ViTLayer):
     """A pre-norm ViT layer whose two LayerNorm outputs are shifted and scaled by the camera."""
 
     def __init__(self, config: ViTConfig) -> None:
-        super().__init__()
+        super().__init__(config)
         width = config.hidden_size
-        self.attention = Attention(config)
-        self.intermediate = DenseOutput(width, config.intermediate_size)
-        self.output = DenseOutput(config.intermediate_size, width)
-        self.layernorm_before = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.layernorm_after = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 4 * width))
 
     def forward(self, x: torch.Tensor, camera_embedding: torch.Tensor) -> torch.Tensor:
@@ -39,33 +34,14 @@ class ModulatedViTLayer(nn.Module):
         return x + self.output(hidden)
 
 
-class LayerStack(nn.Module):
-    def __init__(self, config: ViTConfig) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList(ModulatedViTLayer(config) for _ in range(config.num_hidden_layers))
-
-
-class ViTBackbone(nn.Module):
-    def __init__(self, config: ViTConfig) -> None:
-        super().__init__()
-        self.embeddings = Embeddings(config)
-        self.encoder = LayerStack(config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, pixels: torch.Tensor, camera_embedding: torch.Tensor) -> torch.Tensor:
-        x = self.embeddings(pixels)
-        for layer in self.encoder.layer:
-            x = layer(x, camera_embedding)
-        return self.layernorm(x)
-
-
 class CameraModulatedEncoder(nn.Module):
     """Views [N, 3, H, W] in [0, 1] and cameras [N, 16] -> tokens [N, 1 + patches, hidden] (CLS first)."""
 
     def __init__(self, config: LRMConfig) -> None:
         super().__init__()
         width = config.vit.hidden_size
-        self.model = ViTBackbone(config.vit)
+        # The checkpoint has no pooler.
+        self.model = ViTModel(config.vit, with_pooler=False, layer=ModulatedViTLayer)
         self.camera_embedder = nn.Sequential(nn.Linear(config.camera_dim, width), nn.SiLU(), nn.Linear(width, width))
         # Plain attributes, not buffers: the checkpoint carries no normalisation state.
         self.image_mean = tuple(config.image_mean)

@@ -83,11 +83,9 @@ def load_pretrained(config: LRMConfig, path: Path, *, device: torch.device | str
 def checkpoint_path(weights_dir: Path, preset: str) -> Path:
     """The converted safetensors file, or the upstream ``.ckpt`` if that is what is on disk."""
     stem = preset.replace("-", "_")
-    folder = Path(weights_dir).expanduser() / WEIGHTS_SUBDIR
-    for suffix in (".safetensors", ".ckpt"):
-        candidate = folder / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
+    found = checkpoints.find_checkpoint(Path(weights_dir).expanduser() / WEIGHTS_SUBDIR, stem)
+    if found is not None:
+        return found
     raise WeightsMissing(
         f"reconstruction weights {WEIGHTS_SUBDIR / (stem + '.safetensors')} are not in the weights directory "
         f"{weights_dir}: run `lift3d weights pull --profile quality`, or use `--weights dummy` to run "

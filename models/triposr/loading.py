@@ -50,11 +50,9 @@ def load_pretrained(config: TripoSRConfig, path: Path, *, device: torch.device |
 
 def checkpoint_path(weights_dir: Path) -> Path:
     """The converted safetensors file, or the upstream ``model.ckpt`` if that is what is on disk."""
-    folder = Path(weights_dir).expanduser() / WEIGHTS_SUBDIR
-    for suffix in (".safetensors", ".ckpt"):
-        candidate = folder / f"{CHECKPOINT_STEM}{suffix}"
-        if candidate.is_file():
-            return candidate
+    found = checkpoints.find_checkpoint(Path(weights_dir).expanduser() / WEIGHTS_SUBDIR, CHECKPOINT_STEM)
+    if found is not None:
+        return found
     raise WeightsMissing(
         f"TripoSR weights {WEIGHTS_SUBDIR / (CHECKPOINT_STEM + '.safetensors')} are not in the weights directory "
         f"{weights_dir}: run `lift3d weights pull --profile fast`, or use `--weights dummy` to run "
