@@ -46,6 +46,18 @@ def test_full_size_build_has_exactly_the_checkpoint_keys_and_shapes() -> None:
     assert not any(name.endswith(("image_mean", "image_std")) for name in state)
 
 
+def test_full_size_model_runs_at_512_px_on_the_meta_device() -> None:
+    """Shapes of the real configuration without memory: 32x32 patches from the 14x14 table, 64x64 planes."""
+    model = build_empty(TripoSRConfig.preset("triposr"))
+    rgb_cond = torch.empty(1, 512, 512, 3, device="meta")
+    with torch.inference_mode():
+        tokens = model.image_tokens(rgb_cond)
+        codes = model.scene_codes_from_tokens(model.backbone_tokens(tokens))
+        grid = model.field.density_grid(codes, 4)
+    assert tokens.shape == (1, 1 + 32 * 32, 768)
+    assert codes.shape == (1, 3, 40, 64, 64) and grid.shape == (1, 4, 4, 4)
+
+
 @pytest.mark.shared
 def test_shipped_preset_is_the_real_config_yaml() -> None:
     text = shared_path("configs", "triposr", "config.yaml").read_text()
