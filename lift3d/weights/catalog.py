@@ -26,6 +26,8 @@ __all__ = [
     "Artifact",
     "INSTANTMESH_UNET",
     "LockError",
+    "TRIPOSR_CHECKPOINT",
+    "TRIPOSR_CONFIG",
     "WeightsLock",
     "ZERO123PLUS_DIR",
     "artifact_info",
@@ -47,6 +49,8 @@ __all__ = [
 ZERO123PLUS_DIR = "sudo-ai/zero123plus-v1.2"
 INSTANTMESH_UNET = "TencentARC/InstantMesh/diffusion_pytorch_model.safetensors"
 INSTANTMESH_DIR = "TencentARC/InstantMesh"
+TRIPOSR_CHECKPOINT = "stabilityai/TripoSR/model.safetensors"
+TRIPOSR_CONFIG = "stabilityai/TripoSR/config.yaml"
 
 # The profiles a user is told to pull, smallest first.
 PROFILES_BY_SIZE = ("tiny", "fast", "quality")

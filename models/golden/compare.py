@@ -56,6 +56,24 @@ def close(name: str, actual, expected, *, atol: float, rtol: float = 0.0) -> Ten
     return TensorCheck(name, ok, max_err, tolerance)
 
 
+def relative(name: str, actual, expected, *, rtol: float) -> TensorCheck:
+    """max |a - e| / |e| <= rtol, for outputs spanning orders of magnitude (exp densities); shapes equal.
+
+    ``max_abs_err`` reports that maximum relative error. Where e is 0 only a equal to 0 passes.
+    """
+    a = _as_numpy(actual).astype(np.float64)
+    e = _as_numpy(expected).astype(np.float64)
+    tolerance = f"max rel={rtol:g}"
+    if a.shape != e.shape:
+        return TensorCheck(name, False, float("inf"), tolerance, f"shape {a.shape} != {e.shape}")
+    diff = np.abs(a - e)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(diff == 0, 0.0, diff / np.abs(e))
+    worst = float(ratio.max()) if ratio.size else 0.0
+    ok = bool(np.all(np.isfinite(a))) and worst <= rtol
+    return TensorCheck(name, ok, worst, tolerance)
+
+
 def exact(name: str, actual, expected) -> TensorCheck:
     a = _as_numpy(actual)
     e = _as_numpy(expected)

@@ -13,25 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from models.vit import ViTConfig
+
 PRESETS_DIR = Path(__file__).with_name("configs")
 PresetName = Literal["instant-nerf-base", "instant-nerf-large", "tiny"]
-
-
-@dataclass(frozen=True)
-class ViTConfig:
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    patch_size: int
-    image_size: int
-    num_channels: int = 3
-    layer_norm_eps: float = 1e-12
-
-    @property
-    def table_side(self) -> int:
-        """Side of the square position-embedding table (without the CLS row)."""
-        return self.image_size // self.patch_size
 
 
 @dataclass(frozen=True)
@@ -57,19 +42,7 @@ class LRMConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, name: str | None = None) -> "LRMConfig":
         params = data["model_config"]["params"]
-        vit_raw = data["vit_config"]
-        vit = ViTConfig(
-            hidden_size=int(vit_raw["hidden_size"]),
-            num_hidden_layers=int(vit_raw["num_hidden_layers"]),
-            num_attention_heads=int(vit_raw["num_attention_heads"]),
-            intermediate_size=int(vit_raw["intermediate_size"]),
-            patch_size=int(vit_raw["patch_size"]),
-            image_size=int(vit_raw["image_size"]),
-            num_channels=int(vit_raw.get("num_channels", 3)),
-            layer_norm_eps=float(vit_raw.get("layer_norm_eps", 1e-12)),
-        )
-        if vit_raw.get("hidden_act", "gelu") != "gelu":
-            raise ValueError(f"only the exact-GELU ViT is implemented, got {vit_raw['hidden_act']!r}")
+        vit = ViTConfig.from_hf_dict(data["vit_config"])
         # The triplane transformer's cross-attention width is encoder_feat_dim; the ViT produces hidden_size.
         if int(params["encoder_feat_dim"]) != vit.hidden_size:
             raise ValueError(

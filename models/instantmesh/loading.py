@@ -17,6 +17,8 @@ from typing import Literal, Mapping
 
 import torch
 
+from models import checkpoints
+from models.checkpoints import load_state_strict, read_checkpoint
 from models.instantmesh.config import LRMConfig
 from models.instantmesh.lrm import InstantNeRF
 from lift3d.errors import WeightsCorrupt
@@ -59,55 +61,14 @@ def extract_lrm_state_dict(checkpoint: Mapping[str, object]) -> tuple[dict[str, 
     return ours, report
 
 
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a converted ``.safetensors`` file or a ``.ckpt``, never by unrestricted unpickling."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # weights_only refuses anything but tensors and plain containers
-        raise WeightsCorrupt(
-            f"{path.name} could not be read as a tensors-only checkpoint ({type(error).__name__}); "
-            "convert it with `lift3d weights pull`"
-        ) from error
-    if not isinstance(checkpoint, dict):
-        raise WeightsCorrupt(f"{path.name} does not hold a state dict")
-    return checkpoint
-
-
-def load_state_strict(model: InstantNeRF, state: Mapping[str, torch.Tensor]) -> None:
-    """Strict load by assignment (the model may live on the meta device); shapes and names must match exactly."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        raise WeightsCorrupt(
-            "checkpoint does not match the model: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
-            f"{len(wrong)} with wrong shapes (e.g. {wrong[:3]})"
-        )
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
-
-
 def build_empty(config: LRMConfig) -> InstantNeRF:
     """The architecture on the meta device: no memory, no init cost (for loading or key inspection)."""
-    with torch.device("meta"):
-        return InstantNeRF(config)
+    return checkpoints.build_empty(lambda: InstantNeRF(config))
 
 
 def build_random(config: LRMConfig, *, device: torch.device | str = "cpu", seed: int | None = None) -> InstantNeRF:
     """Random init directly on ``device``; seeded (independently of the global RNG) when ``seed`` is given."""
-    device = torch.device(device)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(seed)
-        with torch.device(device):
-            return InstantNeRF(config)
+    return checkpoints.build_random(lambda: InstantNeRF(config), device=device, seed=seed)
 
 
 def load_pretrained(config: LRMConfig, path: Path, *, device: torch.device | str = "cpu") -> tuple[InstantNeRF, LoadReport]:
@@ -122,9 +83,9 @@ def load_pretrained(config: LRMConfig, path: Path, *, device: torch.device | str
 def checkpoint_path(weights_dir: Path, preset: str) -> Path:
     """The converted safetensors file, or the upstream ``.ckpt`` if that is what is on disk."""
     converted = Path(weights_dir).expanduser() / reconstruct_path(preset)
-    for candidate in (converted, converted.with_suffix(".ckpt")):
-        if candidate.is_file():
-            return candidate
+    found = checkpoints.find_checkpoint(converted.parent, converted.stem)
+    if found is not None:
+        return found
     raise weights_missing([reconstruct_path(preset)], weights_dir)
 
 

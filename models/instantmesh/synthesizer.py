@@ -12,26 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.triplane import evaluate_on_grid, sample_triplanes
+
 # Which two world axes each plane is sampled at, as (u along width, v along height).
 PLANE_AXES = ((0, 1), (0, 2), (2, 1))
 RGB_PADDING = 0.001
 DEFAULT_POINTS_CHUNK = 1 << 20
-
-
-def sample_triplanes(planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """planes [B, 3, C, H, W], points [B, P, 3] -> features [B, P, 3C] (plane order, bilinear, zeros outside)."""
-    batch, num_planes, channels, height, width = planes.shape
-    uv = torch.stack([points[..., list(axes)] for axes in PLANE_AXES], dim=1)  # [B, 3, P, 2]
-    grid = uv.reshape(batch * num_planes, 1, -1, 2).to(planes.dtype)
-    sampled = F.grid_sample(
-        planes.reshape(batch * num_planes, channels, height, width),
-        grid,
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=False,
-    )  # [B*3, C, 1, P]
-    sampled = sampled.view(batch, num_planes, channels, -1).permute(0, 3, 1, 2)
-    return sampled.reshape(batch, -1, num_planes * channels)
 
 
 class NeRFDecoder(nn.Module):
@@ -75,7 +61,7 @@ class TriplaneSynthesizer(nn.Module):
         self.decoder = NeRFDecoder(3 * triplane_dim)
 
     def raw(self, planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        return self.decoder(sample_triplanes(planes, points))
+        return self.decoder(sample_triplanes(planes, points, PLANE_AXES))
 
     def query(self, planes: torch.Tensor, points: torch.Tensor) -> FieldSample:
         out = self.raw(planes, points)
@@ -102,15 +88,12 @@ class TriplaneSynthesizer(nn.Module):
 
         Built a slab of x at a time, so at R = 256 only ``chunk`` points are in flight.
         """
-        batch = planes.shape[0]
         axis = torch.linspace(-1.0, 1.0, resolution, device=planes.device, dtype=torch.float32)
-        grid = torch.empty(batch, resolution, resolution, resolution, device=planes.device, dtype=torch.float32)
-        slab = max(1, chunk // (resolution * resolution))
-        for start in range(0, resolution, slab):
-            xs = axis[start : start + slab]
-            points = torch.stack(torch.meshgrid(xs, axis, axis, indexing="ij"), dim=-1).reshape(1, -1, 3)
-            sigma = self.density(planes, points.expand(batch, -1, -1))
-            grid[:, start : start + len(xs)] = sigma.view(batch, len(xs), resolution, resolution).float()
-            if between_chunks is not None:
-                between_chunks()
-        return grid
+        return evaluate_on_grid(
+            lambda points: self.density(planes, points), axis, planes.shape[0], chunk=chunk, between_chunks=between_chunks
+        )
+
+    @staticmethod
+    def grid_to_world(vertices: torch.Tensor, resolution: int) -> torch.Tensor:
+        """Index-space marching-cubes vertices on a ``density_grid`` of ``resolution`` -> world points."""
+        return vertices / (resolution - 1) * 2 - 1

@@ -84,7 +84,7 @@ def test_pull_without_any_reachable_source_fails_clearly(tmp_path: Path) -> None
 
 def test_pull_refuses_unresolved_quality_files_without_the_flag(tmp_path: Path) -> None:
     env = offline_env(tmp_path / "weights")
-    pulled = lift3d("weights", "pull", "--profile", "fast", "--source", "primary", env=env)
+    pulled = lift3d("weights", "pull", "--profile", "quality", "--source", "primary", env=env)
     assert pulled.returncode == 1
     assert "refused  sudo-ai/zero123plus-v1.2/model_index.json" in pulled.stdout
     assert "--allow-unverified" in pulled.stdout

@@ -43,7 +43,15 @@ def test_committed_lock_parses_and_has_the_profiles() -> None:
         "TencentARC/InstantMesh/diffusion_pytorch_model.safetensors",
         "TencentARC/InstantMesh/instant_nerf_large.safetensors",
     } <= quality
-    assert "TencentARC/InstantMesh/instant_nerf_base.safetensors" in {a.path for a in lock.for_profile("fast")}
+    assert "TencentARC/InstantMesh/instant_nerf_base.safetensors" in quality
+    # fast is the TripoSR pipeline: only permissively licensed files, nothing of the multiview models.
+    fast = lock.for_profile("fast")
+    assert [a.path for a in fast] == [
+        "rembg/u2netp.onnx",
+        "stabilityai/TripoSR/model.safetensors",
+        "stabilityai/TripoSR/config.yaml",
+    ]
+    assert {a.licence for a in fast} == {"Apache-2.0", "MIT"}
 
 
 def test_committed_lock_pins_what_is_known_and_says_what_is_not() -> None:
@@ -60,6 +68,13 @@ def test_committed_lock_pins_what_is_known_and_says_what_is_not() -> None:
             # Only the short commit 63d1c9c is known: the entry must say the revision is unresolved.
             assert artifact.status == "unresolved" and "revision" in artifact.unresolved
             assert artifact.revision is None and not artifact.verified
+    triposr = lock.by_path("stabilityai/TripoSR/model.safetensors")
+    assert triposr.status == "pinned" and triposr.size == 1_677_246_742
+    assert triposr.revision == "c1cf7716aed5aa6c1c5e174657791ef0e1327bde"
+    # A flat state dict (no Lightning container): converted with its keys unchanged.
+    assert triposr.convert == "state-dict" and triposr.hub_source.file == "model.ckpt"
+    config = lock.by_path("stabilityai/TripoSR/config.yaml")
+    assert config.revision == triposr.revision and config.unresolved == ["sha256"] and not config.verified
 
 
 def test_licences_of_the_non_commercial_weights() -> None:
@@ -122,9 +137,9 @@ def test_engine_artifacts_and_profile_per_settings() -> None:
     paths = {a.path for a in engine_artifacts(locked)}
     assert "TencentARC/InstantMesh/instant_nerf_large.safetensors" in paths
     assert "TencentARC/InstantMesh/diffusion_pytorch_model.safetensors" in paths
-    fast = load_settings({"LIFT3D_RECONSTRUCT_MODEL": "instant-nerf-base"}).engine
-    assert profile_for(fast) == "fast"
-    assert {a.path for a in engine_artifacts(fast)} <= {a.path for a in load_lock().for_profile("fast")}
+    base = load_settings({"LIFT3D_RECONSTRUCT_MODEL": "instant-nerf-base"}).engine
+    assert profile_for(base) == "quality"
+    assert {a.path for a in engine_artifacts(base)} <= {a.path for a in load_lock().for_profile("quality")}
     info = {row["path"]: row for row in artifact_info(locked)}
     assert info["TencentARC/InstantMesh/diffusion_pytorch_model.safetensors"]["licence"] == "CC-BY-NC-4.0"
     assert info["TencentARC/InstantMesh/instant_nerf_large.safetensors"]["revision"] is not None

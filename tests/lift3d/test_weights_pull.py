@@ -168,19 +168,29 @@ def test_hub_download_is_pinned_to_the_revision_and_resumes(hub: FakeHub, tmp_pa
     assert (tmp_path / "org" / "model" / "weights.onnx").read_bytes() == payload
 
 
-def _torch_bytes(obj: object) -> bytes:
+def _torch_bytes(obj: object, *, legacy: bool = False) -> bytes:
+    """torch.save output; ``legacy`` writes the pre-zip pickle format (TripoSR's model.ckpt is one)."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(obj, buffer, _use_new_zipfile_serialization=not legacy)
     return buffer.getvalue()
 
 
-def test_checkpoint_is_converted_to_safetensors_with_its_keys(hub: FakeHub, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("convert", "legacy"),
+    [("checkpoint-state-dict", False), ("state-dict", True)],
+    ids=["lightning-ckpt", "flat-legacy-ckpt"],  # InstantMesh's; TripoSR's (torch's pre-zip format)
+)
+def test_checkpoint_is_converted_to_safetensors_with_its_keys(
+    hub: FakeHub, tmp_path: Path, convert: str, legacy: bool
+) -> None:
     generator = torch.Generator().manual_seed(0)
     state = {
         "lrm_generator.encoder.weight": torch.randn(8, 4, generator=generator),
         "lrm_generator.decoder.bias": torch.randn(8, generator=generator),
     }
-    ckpt = _torch_bytes({"state_dict": state, "epoch": 3, "global_step": 10})
+    payload = {"state_dict": state, "epoch": 3, "global_step": 10} if convert == "checkpoint-state-dict" else state
+    ckpt = _torch_bytes(payload, legacy=legacy)
+    assert ckpt.startswith(b"PK") != legacy  # a zip archive, or really the legacy pickle
     hub.add_repo_file("org/lrm", "model.ckpt", ckpt)
     lock = make_lock(
         entry(
@@ -188,7 +198,7 @@ def test_checkpoint_is_converted_to_safetensors_with_its_keys(hub: FakeHub, tmp_
             [hub_source("org/lrm", "model.ckpt", hub.commit)],
             data=ckpt,
             status="pinned",
-            convert="checkpoint-state-dict",
+            convert=convert,
         )
     )
     outcomes, _ = pull(lock, tmp_path, hub)
@@ -208,8 +218,11 @@ class _Exploit:
         return (print, ("this pickle ran code",))
 
 
-def test_pickle_that_would_run_code_is_refused(hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    evil = _torch_bytes({"weight": torch.zeros(2), "payload": _Exploit()})
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_pickle_that_would_run_code_is_refused(
+    hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str], legacy: bool
+) -> None:
+    evil = _torch_bytes({"weight": torch.zeros(2), "payload": _Exploit()}, legacy=legacy)
     hub.add_repo_file("org/unet", "diffusion_pytorch_model.bin", evil)
     lock = make_lock(
         entry(

@@ -132,3 +132,9 @@ def test_other_patch_and_view_sizes_work_with_an_interpolated_position_table() -
     low = config.triplane_low_res
     assert planes.shape == (2, 3, config.triplane_dim, 2 * low, 2 * low)
     assert torch.isfinite(planes).all()
+
+
+def test_grid_to_world_maps_the_density_grid_corners_to_the_cube_corners() -> None:
+    synthesizer = build_random(LRMConfig.preset("tiny"), seed=0).synthesizer
+    corners = synthesizer.grid_to_world(torch.tensor([[0.0, 0.0, 0.0], [8.0, 4.0, 0.0]]), 9)
+    torch.testing.assert_close(corners, torch.tensor([[-1.0, -1.0, -1.0], [1.0, 0.0, -1.0]]))

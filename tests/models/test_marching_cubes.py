@@ -9,7 +9,7 @@ import trimesh
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
-from models.instantmesh.golden import same_mesh_unordered
+from models.golden.meshes import same_mesh_unordered
 from models.isosurface.marching_cubes import case_table, marching_cubes, marching_cubes_pymcubes, marching_cubes_torch
 
 RESOLUTION = 40
