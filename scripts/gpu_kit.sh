@@ -57,3 +57,12 @@ echo "== source stamp: HEAD and its files, so results there name the commit they
 
 echo "== manifest and size"
 kit manifest "$KIT"
+
+# What the device tool sends: tracked and untracked-not-ignored files, plus the carried kit (64 MiB at most).
+tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+kit_bytes=$(find "$KIT" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
+echo "tree that travels with the kit: $(( (tree + kit_bytes) / 1048576 )) MiB of 64 MiB"
+if [ $((tree + kit_bytes)) -gt $((64 * 1048576)) ]; then
+  echo "over the device tool's 64 MiB: the run would be refused" >&2
+  exit 1
+fi
