@@ -134,12 +134,9 @@ def _git(*args: str) -> str | None:
     return completed.stdout.strip()
 
 
-# Where the tree has no git (a copy sent to a GPU machine), scripts/gpu_check.sh compares the
-# files with the commit the kit was built at and passes the outcome in these variables.
-SOURCE_STAMP_VARS = ("LIFT3D_GIT_COMMIT", "LIFT3D_GIT_BRANCH", "LIFT3D_GIT_DIRTY")
-
-
 def git_state() -> dict[str, Any]:
+    # Where the tree has no git (a copy sent to the GPU machine), scripts/gpu_check.sh compares the
+    # files with the commit the kit was stamped at and passes the outcome in LIFT3D_GIT_* variables.
     commit = _git("rev-parse", "HEAD")
     if commit is None and os.environ.get("LIFT3D_GIT_COMMIT"):
         return {

@@ -308,7 +308,7 @@ def _one(out: Path, pattern: str) -> str | None:
     return matches[-1].name if matches else None
 
 
-def judge(step: dict[str, Any], mode: str, work: Path, out: Path) -> tuple[bool, str]:
+def judge(step: dict[str, Any], mode: str, out: Path) -> tuple[bool, str]:
     """Passed or not, and a one-line note. rc 124/137: the step ran past its cap."""
     rc = step["rc"]
     if rc is None:
@@ -357,7 +357,7 @@ def build_summary(work: Path, out: Path, mode: str, command: str) -> dict[str, A
             step["results_written"] = results_written_since(REPO / "benchmarks" / "results", step["started"])
         if step["name"] == "validate" and (work / "glb.json").is_file():
             step["glb"] = json.loads((work / "glb.json").read_text())
-        step["passed"], step["note"] = judge(step, mode, work, out)
+        step["passed"], step["note"] = judge(step, mode, out)
         del step["started"]
     read = lambda name: json.loads((work / name).read_text()) if (work / name).is_file() else None  # noqa: E731
     kit_manifest = read("kit-manifest.json")
