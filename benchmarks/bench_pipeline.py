@@ -58,6 +58,8 @@ class PipelineRun:
     matmul_size: int | None = None
     copy_megabytes: int | None = None
     stage_factory: StageFactory = default_stages
+    # Seconds after which no further configuration starts (the first always runs); None: no limit.
+    time_budget_s: float | None = None
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -218,6 +220,7 @@ def run_pipeline_benchmark(
         raise ValueError(f"the baseline {baseline!r} is not among the configurations")
     from pipeline.runtime import Runtime
 
+    started = time.perf_counter()
     device = Runtime.from_settings(run.settings.engine).device
     dtypes = {"float32", *(_resolved_dtype(c, device) for c in configs)}
     peaks = device_peak.measure_device(
@@ -225,7 +228,14 @@ def run_pipeline_benchmark(
     )
     cache = _EngineCache(run)
     results: list[dict[str, Any]] = []
-    for config in configs:
+    for index, config in enumerate(configs):
+        elapsed = time.perf_counter() - started
+        if index and run.time_budget_s is not None and elapsed >= run.time_budget_s:
+            # Recorded, not dropped: a reader sees which configurations a short slot left out.
+            log.warning("configuration %s not run: %.0f s of the %.0f s budget spent", config.name, elapsed, run.time_budget_s)
+            results.append({"config": config.to_json(), "skipped": True,
+                            "error": f"not run: the time budget of {run.time_budget_s:g} s was spent"})
+            continue
         log.info("configuration %s: %s", config.name, config.description)
         try:
             results.append(_run_config(cache, config, run, peaks))
@@ -252,6 +262,7 @@ def run_pipeline_benchmark(
         "repeats": run.repeats,
         "flops_counted": run.count_flops,
         "baseline": baseline,
+        "time_budget_s": run.time_budget_s,
         "configs": results,
     }
 
@@ -276,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="results folder (default benchmarks/results)")
     parser.add_argument("--smoke", action="store_true", help="mark the run as a smoke test (file name starts with smoke-, git-ignored)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--time-budget", type=float, metavar="SECONDS",
+        help="start no further configuration after this many seconds (the first always runs); "
+        "the ones left out are recorded as not run",
+    )
     return parser
 
 
@@ -299,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         count_flops=not args.no_flops,
         matmul_size=args.matmul_size,
         copy_megabytes=args.copy_mb,
+        time_budget_s=args.time_budget,
     )
     document = run_pipeline_benchmark(
         configs, args.baseline, run, argv=["-m", "benchmarks.bench_pipeline", *argv], smoke=args.smoke
@@ -313,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(common.redact(str(json_path)))
     print(common.redact(str(md_path)))
-    failed = [c["config"]["name"] for c in document["configs"] if "error" in c]
+    failed = [c["config"]["name"] for c in document["configs"] if "error" in c and not c.get("skipped")]
     if failed:
         print(f"failed configurations: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -136,9 +137,19 @@ def _git(*args: str) -> str | None:
 
 
 def git_state() -> dict[str, Any]:
+    # Where the tree has no git (a copy sent to the GPU machine), scripts/gpu_check.sh compares the
+    # files with the commit the kit was stamped at and passes the outcome in LIFT3D_GIT_* variables.
+    commit = _git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("LIFT3D_GIT_COMMIT"):
+        return {
+            "commit": os.environ["LIFT3D_GIT_COMMIT"],
+            "branch": os.environ.get("LIFT3D_GIT_BRANCH") or None,
+            "dirty": os.environ.get("LIFT3D_GIT_DIRTY", "").lower() in {"1", "true", "yes"},
+            "from": "source stamp (no git in this copy of the tree; files compared with the commit)",
+        }
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "commit": _git("rev-parse", "HEAD"),
+        "commit": commit,
         "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
         # Tracked files edited since the commit: the numbers may not be the commit's.
         "dirty": bool(status) if status is not None else None,
@@ -196,6 +207,36 @@ def nvidia_driver_version() -> str | None:
         return None
 
 
+def cuda_version_text(version: int) -> str:
+    """NVML/CUDA's integer form (13000, 12040) as ``13.0``, ``12.4``."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def nvidia_cuda_driver_version() -> str | None:
+    """The newest CUDA the installed driver supports (nvidia-smi's "CUDA Version"), not torch's runtime."""
+    try:
+        import pynvml  # nvidia-ml-py; optional
+
+        pynvml.nvmlInit()
+        try:
+            return cuda_version_text(int(pynvml.nvmlSystemGetCudaDriverVersion()))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - absent library or driver: try the CLI
+        pass
+    try:
+        completed = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return cuda_version_from_smi(completed.stdout)
+
+
+def cuda_version_from_smi(text: str) -> str | None:
+    """The ``CUDA Version: 13.0`` of nvidia-smi's banner."""
+    found = re.search(r"CUDA Version:\s*([0-9]+\.[0-9]+)", text)
+    return found.group(1) if found else None
+
+
 def device_info(device: str) -> dict[str, Any]:
     """What ran the models: GPU name, memory, capability and driver, or the CPU model."""
     import torch
@@ -219,6 +260,8 @@ def device_info(device: str) -> dict[str, Any]:
             capability=f"{props.major}.{props.minor}",
             multiprocessors=props.multi_processor_count,
             driver=nvidia_driver_version(),
+            cuda_driver=nvidia_cuda_driver_version(),
+            cudnn=torch.backends.cudnn.version(),
             tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
         )
     return info

@@ -46,7 +46,10 @@ def environment_lines(document: dict[str, Any]) -> list[str]:
     git = env["git"]
     commit = (git.get("commit") or "unknown")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
     if device["type"] == "cuda":
-        where = f"{device['name']}, driver {device.get('driver') or 'unknown'}, CUDA {device.get('cuda_runtime')}"
+        driver = device.get("driver") or "unknown"
+        if device.get("cuda_driver"):
+            driver += f" (supports CUDA {device['cuda_driver']})"
+        where = f"{device['name']}, driver {driver}, CUDA runtime {device.get('cuda_runtime')}"
     else:
         where = f"CPU {device['name']}, {device.get('torch_threads')} torch threads"
     lines = [
@@ -79,7 +82,8 @@ def whole_job_table(document: dict[str, Any]) -> list[str]:
         is_baseline = config["name"] == document["baseline"]
         name = config["name"] + (" (baseline)" if is_baseline and config["name"] != "baseline" else "")
         if "error" in entry:
-            rows.append([name, config["dtype"], str(config["steps"]), f"failed: {entry['error']}"] + ["–"] * 7)
+            outcome = entry["error"] if entry.get("skipped") else f"failed: {entry['error']}"
+            rows.append([name, config["dtype"], str(config["steps"]), outcome] + ["–"] * 7)
             continue
         total = entry["total"]
         rows.append([

@@ -164,6 +164,40 @@ def test_harness_bookkeeping_is_exact(fake_run: dict[str, Any]) -> None:
     assert "| fast | multiview |" in markdown and "Smoke run" in markdown and "failed: KeyError" in markdown
 
 
+def test_time_budget_records_the_configurations_it_leaves_out(tmp_path: Path) -> None:
+    """A spent budget: the first configuration still runs, the rest are recorded as not run, not failed."""
+    photo = tmp_path / "a.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 64)
+    run = bench_pipeline.PipelineRun(
+        settings=load_settings({}, engine__weights="tiny", engine__device="cpu"), images=[photo],
+        stage_factory=_fake_stages, matmul_size=64, copy_megabytes=1, count_flops=False, time_budget_s=0.0,
+    )
+    configs = [parse_config("baseline:dtype=float32,steps=2", 75), parse_config("later:dtype=float32,steps=1", 75)]
+    document = bench_pipeline.run_pipeline_benchmark(configs, "baseline", run, argv=["test"], smoke=True)
+    first, later = document["configs"]
+    assert "stages" in first and first["total"]["speedup_vs_baseline"] == 1.0
+    assert later["skipped"] is True and "time budget of 0 s" in later["error"] and "stages" not in later
+    assert document["time_budget_s"] == 0.0
+    assert "| later | float32 | 1 | not run: the time budget" in pipeline_markdown(document)
+
+
+def test_cuda_driver_version_forms() -> None:
+    assert common.cuda_version_text(13000) == "13.0" and common.cuda_version_text(12040) == "12.4"
+    banner = "| NVIDIA-SMI 580.159.03   Driver Version: 580.159.03   CUDA Version: 13.0     |"
+    assert common.cuda_version_from_smi(banner) == "13.0"
+    assert common.cuda_version_from_smi("no banner") is None
+
+
+def test_git_state_falls_back_to_the_kit_stamp_where_the_tree_has_no_git(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "_git", lambda *args: None)
+    monkeypatch.setenv("LIFT3D_GIT_COMMIT", "a" * 40)
+    monkeypatch.setenv("LIFT3D_GIT_DIRTY", "1")
+    state = common.git_state()
+    assert state["commit"] == "a" * 40 and state["dirty"] is True and "stamp" in state["from"]
+    monkeypatch.delenv("LIFT3D_GIT_COMMIT")
+    assert common.git_state() == {"commit": None, "branch": None, "dirty": None}
+
+
 def test_without_flop_counting_there_is_no_floor() -> None:
     from benchmarks.probes import StageSample
 
