@@ -87,6 +87,12 @@ class InvalidOption(InputError):
     code = "invalid_option"
 
 
+class InvalidOwner(InvalidOption):
+    """An owner id outside the grammar in server/owners.py (at submit, or in an owner route)."""
+
+    code = "invalid_owner"
+
+
 class IdempotencyKeyReused(InvalidOption):
     """The same Idempotency-Key came with a different request."""
 

@@ -21,6 +21,7 @@ from pipeline.decode import decode_image
 from server.auth import PUBLIC
 from server.info import build_info
 from server.jobstore import ACTIVE, ENDED
+from server.owners import owner_from_raw_path
 from server.schemas import (
     MODEL_FILE,
     VIEWS_FILE,
@@ -281,9 +282,16 @@ def _job_view_or_gone(svc: Services, job_id: str) -> JobView:
 # -- owners (data-subject requests) --------------------------------------------
 
 
+def _raw_path(request: Request[Any, Any, State]) -> bytes:
+    # The bytes the client sent: the router's path is already decoded and collapsed.
+    raw = request.scope.get("raw_path")
+    return raw if isinstance(raw, bytes) else request.scope["path"].encode()
+
+
 @get("/v1/owners/{owner:str}/jobs", summary="Every live job of an owner", tags=["owners"])
-async def list_owner_jobs(owner: FromPath[str], state: State) -> OwnerJobs:
+async def list_owner_jobs(owner: FromPath[str], request: Request[Any, Any, State], state: State) -> OwnerJobs:
     svc = services(state)
+    owner = owner_from_raw_path(_raw_path(request), owner, listing=True)
     records = svc.storage.owner_jobs(owner)
     return OwnerJobs(owner=owner, jobs=[_job_view(svc, record.id) for record in records])
 
@@ -294,8 +302,9 @@ async def list_owner_jobs(owner: FromPath[str], state: State) -> OwnerJobs:
     summary="Erase every job and result of an owner (account deletion)",
     tags=["owners"],
 )
-async def delete_owner(owner: FromPath[str], state: State) -> None:
+async def delete_owner(owner: FromPath[str], request: Request[Any, Any, State], state: State) -> None:
     svc = services(state)
+    owner = owner_from_raw_path(_raw_path(request), owner, listing=False)
     records = await anyio.to_thread.run_sync(svc.storage.erase_owner, owner)
     svc.manager.forget(records)
 
