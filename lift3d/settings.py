@@ -90,6 +90,9 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     sse_keepalive_seconds: float = 15.0
     # The built-in demo page at /demo (it holds no data and asks for an API key itself).
     demo: bool = True
+    # URL prefixes the RunPod worker may fetch image_url from even when they resolve to
+    # private/loopback addresses (everything public is allowed; see docs/security.md).
+    image_url_allowlist: tuple[str, ...] = ()
 
 
 class StorageSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,6 +172,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_SHUTDOWN_GRACE_SECONDS": ("server.shutdown_grace_seconds", float),
     "LIFT3D_CORS_ORIGINS": ("server.cors_origins", _split_list),
     "LIFT3D_DEMO": ("server.demo", _flag),
+    "LIFT3D_IMAGE_URL_ALLOWLIST": ("server.image_url_allowlist", _split_list),
     "LIFT3D_DATA_DIR": ("storage.data_dir", str),
     "LIFT3D_RETENTION_SECONDS": ("storage.default_retention_seconds", int),
     "LIFT3D_MAX_RETENTION_SECONDS": ("storage.max_retention_seconds", int),
