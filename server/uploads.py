@@ -36,16 +36,16 @@ def _too_large(cap: int) -> UploadTooLarge:
     return UploadTooLarge(f"the upload is larger than the limit of {cap} bytes")
 
 
-def check_declared_length(content_length: str | None, limit: int, cap: int) -> None:
-    """Refuse before reading anything when the client announces too many bytes."""
+def check_declared_length(content_length: str | None, limit: int, cap: int) -> int | None:
+    """The announced body size; refused before reading anything when it is too many bytes."""
     if content_length is None:
-        return
-    try:
-        declared = int(content_length)
-    except ValueError:
-        raise BadRequest("invalid Content-Length") from None
+        return None
+    if not content_length.strip().isdigit():
+        raise BadRequest("invalid Content-Length")
+    declared = int(content_length)
     if declared > limit:
         raise _too_large(cap)
+    return declared
 
 
 async def read_raw_image(chunks: AsyncIterator[bytes], cap: int) -> Upload:
