@@ -3,7 +3,9 @@
 Litestar's own form parsing spools file parts over 1 MiB to temporary files, so
 the upload route never asks Litestar for the form: it streams the raw body
 through python-multipart's push parser into memory, counting every byte, and
-stops reading one chunk past the cap.
+stops reading one chunk past the cap. A body that ends before the closing
+boundary (``--boundary--``) is refused with 400 ``incomplete_multipart``: the
+image part may have been cut short.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from lift3d.errors import BadRequest, InputError, InvalidOption, MissingImage, UploadTooLarge
 
@@ -142,6 +144,9 @@ async def read_multipart_image(chunks: AsyncIterator[bytes], content_type: str, 
                 raise _too_large(cap)
             parser.write(chunk)
         parser.finalize()
+        if parser.state != MultipartState.END:
+            # The body ended inside a part: the image may be cut short, so nothing of it is used.
+            raise BadRequest("the multipart body ends without its closing boundary", code="incomplete_multipart")
     except MultipartParseError:
         raise BadRequest("malformed multipart body") from None
     except ValueError:
