@@ -18,6 +18,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from lift3d.errors import BadRequest, JobNotFound, QueueFull, UnsupportedFormat
 from lift3d.settings import Settings
 from pipeline.decode import decode_image
+from pipeline.wipe import wipe_image
 from server.auth import PUBLIC
 from server.info import build_info
 from server.jobstore import ACTIVE, ENDED
@@ -162,9 +163,9 @@ async def submit_job(
             request.stream(), idle_s=server.body_idle_timeout_seconds, total_s=server.body_timeout_seconds
         )
         if media_type == "multipart/form-data":
-            upload = await read_multipart_image(chunks, content_type, cap)
+            upload = await read_multipart_image(chunks, content_type, cap, declared)
         else:
-            upload = await read_raw_image(chunks, cap)
+            upload = await read_raw_image(chunks, cap, declared)
         return await _accept(request, svc, upload, idempotency_key)
 
 
@@ -211,7 +212,9 @@ async def _accept(
 
 def _validate_image(data: bytes, settings: Settings) -> None:
     """Decode once at submit so bad images are a 4xx now, not a failed job later."""
-    decode_image(data, settings.engine.decode).close()
+    decoded = decode_image(data, settings.engine.decode)
+    wipe_image(decoded)
+    decoded.close()
 
 
 @get("/v1/jobs/{job_id:str}", summary="A job's status, progress, timings and result", tags=["jobs"])
