@@ -20,6 +20,8 @@ from urllib.parse import urljoin
 
 import httpx
 
+from pipeline.wipe import WipedBuffer
+from server.uploads import ImageBytes
 from server.urls import NormalUrl, RefusedUrl, allowed_by, normalise_url
 
 MAX_REDIRECTS: Final = 5
@@ -86,7 +88,7 @@ def fetch(
     allowlist: Iterable[str] = (),
     resolver: Resolver = resolve,
     client: httpx.Client | None = None,
-) -> bytes:
+) -> WipedBuffer:
     """The body at ``url`` (GET), at most ``max_bytes``, within ``timeout_s`` in all."""
     allowlist = tuple(allowlist)
     deadline = time.monotonic() + timeout_s
@@ -121,15 +123,18 @@ def fetch(
             http.close()
 
 
-def _read_capped(response: httpx.Response, max_bytes: int, deadline: float) -> bytes:
+def _read_capped(response: httpx.Response, max_bytes: int, deadline: float) -> WipedBuffer:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise FetchTooLarge(f"the body is larger than {max_bytes} bytes")
-    body = bytearray()
+    # Like an upload: one buffer, zeroed when the job lets go of it (pipeline/wipe.py).
+    body = ImageBytes(int(declared) if declared.isdigit() else None)
     for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > max_bytes:
+        if len(body) + len(chunk) > max_bytes:
+            body.wipe()
             raise FetchTooLarge(f"the body is larger than {max_bytes} bytes")
+        body.add(chunk)
         if time.monotonic() > deadline:
+            body.wipe()
             raise FetchFailed("the download took longer than its deadline")
-    return bytes(body)
+    return body.take()
