@@ -219,3 +219,16 @@ def test_upload_budget_unit() -> None:
         with pytest.raises(UploadsBusy):
             budget.reserve(1)
     assert budget.reserved == 0
+
+
+def test_owner_routes_use_the_raw_path_over_a_real_socket(server: tuple[str, int]) -> None:
+    """uvicorn hands the raw path to the app: an escaped '/' never routes to another owner."""
+    base = f"http://{server[0]}:{server[1]}"
+    headers = {"Authorization": f"Bearer {KEY}"}
+    for raw, expected in ((b"/v1/owners/%2Fvictim", 422), (b"/v1/owners//victim", 404), (b"/v1/owners/victim%2F", 422)):
+        sock = connect(server)
+        sock.sendall(b"DELETE " + raw + f" HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode())
+        status, data, _ = response_of(sock, 5)
+        sock.close()
+        assert status == expected, (raw, data)
+    assert httpx.get(f"{base}/v1/owners/victim/jobs", headers=headers, timeout=5).status_code == 200
