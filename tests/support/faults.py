@@ -44,6 +44,12 @@ class FaultyConnection:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._db, name, value)  # row_factory and the like belong to the real connection
+
 
 class DiskFull:
     """Fill and free the disk; ``install`` patches the stores (``monkeypatch`` or, in a subprocess, for good)."""
@@ -60,13 +66,13 @@ class DiskFull:
         return OSError(self.error_number, "No space left on device" if self.error_number == errno.ENOSPC else "fault")
 
     def install(self, setattr: Callable[[Any, str, Any], None], stores: list[JobStore] = ()) -> None:  # type: ignore[assignment]
-        real_connect = JobStore._connect
+        real_connect = sqlite3.connect
         real_put = EncryptedFileStore.put
-        real_probe = server.storage.probe_write
+        real_probe = getattr(server.storage, "probe_write", None)
         fault = self
 
-        def connect(store: JobStore) -> Any:
-            return FaultyConnection(real_connect(store), fault.is_full)
+        def connect(*args: Any, **kwargs: Any) -> Any:
+            return FaultyConnection(real_connect(*args, **kwargs), fault.is_full)
 
         def put(store: EncryptedFileStore, job_id: str, name: str, data: bytes) -> int:
             if fault.is_full():
@@ -76,11 +82,12 @@ class DiskFull:
         def probe(folder: Path) -> None:
             if fault.is_full():
                 raise fault._os_error()
-            real_probe(folder)
+            real_probe(folder)  # type: ignore[misc]
 
-        setattr(JobStore, "_connect", connect)
+        setattr(sqlite3, "connect", connect)  # every connection opened from now on, reconnects included
         setattr(EncryptedFileStore, "put", put)
-        setattr(server.storage, "probe_write", probe)
+        if real_probe is not None:
+            setattr(server.storage, "probe_write", probe)
         for store in stores:
             setattr(store, "_db", FaultyConnection(store._db, fault.is_full))
 
