@@ -261,10 +261,13 @@ class JobStore:
             (*sorted(TERMINAL), now),
         )
 
-    def live_result_ids(self) -> set[str]:
-        """Jobs that may own stored results: succeeded and neither erased nor expired."""
+    def live_result_ids(self, now: float | None = None) -> set[str]:
+        """Jobs that may own stored results: succeeded and neither erased nor expired (by ``now`` too, if given)."""
+        where, params = "status = 'succeeded' AND erased_at IS NULL", ()
+        if now is not None:
+            where, params = where + " AND (expires_at IS NULL OR expires_at > ?)", (now,)
         with self._lock:
-            rows = self._db.execute("SELECT id FROM jobs WHERE status = 'succeeded' AND erased_at IS NULL").fetchall()
+            rows = self._db.execute(f"SELECT id FROM jobs WHERE {where}", params).fetchall()
         return {row["id"] for row in rows}
 
     def count_by_status(self) -> dict[str, int]:

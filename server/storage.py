@@ -111,7 +111,8 @@ class Storage:
         settings.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd: int | None = None
         self.store = JobStore.in_data_dir(settings.data_path)
-        self.results = results if results is not None else open_result_store(settings)
+        # A lost key refuses the start (EncryptionKeyMissing) instead of failing every download later.
+        self.results = results if results is not None else open_result_store(settings, self.store.live_result_ids(clock()))
         self.notifier = WebhookNotifier(settings, self.store, client=http_client, base_url=base_url)
         self.sweep_interval = max(0.05, float(settings.sweep_interval_seconds))
         self._sweeper: asyncio.Task[None] | None = None
