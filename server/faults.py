@@ -80,7 +80,10 @@ def is_gpu_out_of_memory(error: BaseException) -> bool:
 
     torch = sys.modules.get("torch")
     oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
-    return oom is not None and isinstance(error, oom)
+    if oom is not None and isinstance(error, oom):
+        return True
+    # torch before 1.13 raised a plain RuntimeError with this message.
+    return isinstance(error, RuntimeError) and str(error).startswith("CUDA out of memory")
 
 
 def gpu_out_of_memory() -> GpuOutOfMemory:

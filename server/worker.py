@@ -325,9 +325,12 @@ class JobManager:
             typed = job_failure(error) or (error if isinstance(error, Lift3dError) else None)
             code = typed.code if typed is not None else "internal_error"
             log.error("job %s could not be ended cleanly (%s, %s)", job.id, code, type(error).__name__, exc_info=typed is None)
-            if not self.storage.ending_kept(job.id):  # an ending kept by a store fault already says why
-                self._record_end(job, "failed", code, typed.message if typed is not None else "internal error")
-            job.status = "failed"
+            # An ending a store fault kept already says why; otherwise record this one, best effort.
+            kept = self.storage.ending_kept(job.id)
+            if kept or self._record_end(job, "failed", code, typed.message if typed is not None else "internal error"):
+                job.status = "failed"
+            elif job.status in ("queued", "running"):
+                job.status = "failed"  # not recordable at all: the record says so after a restart
             job.notify()
 
     def _record_end(self, job: LiveJob, status: str, code: str, message: str, **fields: Any) -> JobRecord | None:

@@ -239,9 +239,14 @@ def test_cuda_out_of_memory_fails_the_job_frees_the_cache_and_the_next_runs(tmp_
 
 
 def test_freeing_the_cache_is_safe_without_cuda() -> None:
-    from server.faults import free_gpu_cache
+    import torch
+
+    from server.faults import free_gpu_cache, job_failure
 
     free_gpu_cache()  # torch present, no CUDA device: must not raise
+    assert job_failure(torch.cuda.OutOfMemoryError("CUDA out of memory.")).code == "gpu_out_of_memory"
+    assert job_failure(RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")).code == "gpu_out_of_memory"
+    assert job_failure(RuntimeError("shape mismatch")) is None
 
 
 # -- a stage that never returns (the watchdog) -------------------------------------------
@@ -298,3 +303,21 @@ def test_status_says_expired_between_expiry_and_the_sweep(tmp_path: Path) -> Non
         assert view["status"] == "expired" and view["result"] is None and view["options"] == {}
         assert srv.client.get(f"/v1/jobs/{job_id}/model.glb", headers=KEY).json()["code"] == "expired"
         assert srv.services.storage.store.get(job_id).status == "succeeded", "the sweeper has not run yet"
+
+
+def test_the_job_store_survives_a_failed_commit_and_rollback(tmp_path: Path, monkeypatch) -> None:
+    import sqlite3
+
+    from server.jobstore import JobRecord, JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    disk = DiskFull()
+    disk.install(monkeypatch.setattr, [store])
+    store.create(JobRecord(id="a", created_at=1.0, retention_seconds=60))
+    disk.full = True
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):  # COMMIT's error, not ROLLBACK's
+        store.finish("a", "failed", 2.0, error_code="x")
+    assert store.get("a").status == "queued"
+    disk.full = False
+    assert store.finish("a", "failed", 3.0, error_code="x").status == "failed"  # no "within a transaction"
+    store.close()
