@@ -349,17 +349,19 @@ class JobManager:
         now, readiness and submissions say ``stage_hung``, and the worker carries on
         with the queue if the stage ever returns (a restart frees it otherwise).
         """
-        job = self._running
         grace = self.settings.server.watchdog_grace_seconds
-        if job is None or job is self._hung or job.run_started is None or time.monotonic() <= job.deadline + grace:
-            return
-        self._hung = job
+        with self._cond:  # the worker clears _running and _hung under this lock too
+            job = self._running
+            if job is None or job is self._hung or job.run_started is None or time.monotonic() <= job.deadline + grace:
+                return
+            self._hung = job
         log.error("watchdog: job %s is stuck in stage %s past its deadline", job.id, job.stage)
         job.cancel.cancel(DeadlineExceeded.code)  # a stage that checks again stops there
         message = f"the job's {job.stage or 'current'} stage ran past the deadline and did not stop"
         record = self._record_end(job, "failed", DeadlineExceeded.code, message, stage=job.stage)
-        job.status = "failed"
-        job.notify()
+        if record is not None or self.storage.ending_kept(job.id):
+            job.status = "failed"
+            job.notify()
         if record is not None:
             self.metrics.jobs_finished.labels("failed").inc()
             self.storage.notify(job.id)
