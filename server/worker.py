@@ -207,6 +207,7 @@ class JobManager:
                 raise ShuttingDown("the server is shutting down")
             refused = self._refusal()
             if refused is not None:
+                self.metrics.jobs_rejected.labels(refused.code).inc()
                 raise refused
             if len(self._queue) >= self.settings.server.queue_size:
                 self.metrics.jobs_rejected.labels(QueueFull.code).inc()
@@ -214,7 +215,11 @@ class JobManager:
                     f"the queue is full ({self.settings.server.queue_size} jobs waiting); retry later",
                     retry_after_seconds=self.retry_after_seconds(),
                 )
-            record, created = self.storage.new_job(new_job)
+            try:
+                record, created = self.storage.new_job(new_job)
+            except Unavailable as error:  # storage_full (507) and the other storage faults
+                self.metrics.jobs_rejected.labels(error.code).inc()
+                raise
             if created:
                 deadline = time.monotonic() + self.settings.server.job_deadline_seconds
                 job = LiveJob(
@@ -315,6 +320,11 @@ class JobManager:
                 self._record_end(job, "failed", WorkerStopped.code, "the worker stopped while running this job")
                 job.status = "failed"
                 job.notify()
+            with self._cond:  # nobody will run these: fail them now rather than leave them queued forever
+                waiting = list(self._queue)
+                self._queue.clear()
+            for queued in waiting:
+                self._end_unstarted(queued, WorkerStopped.code, "the worker stopped before the job started")
             raise
 
     def _run_guarded(self, job: LiveJob) -> None:

@@ -119,6 +119,7 @@ def test_a_full_disk_fails_the_running_job_then_the_server_recovers(srv: Server,
     assert refused.status_code == 507, refused.text
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert refused.json()["code"] == "storage_full" and int(refused.headers["Retry-After"]) > 0
+    assert 'lift3d_jobs_rejected_total{code="storage_full"} 1.0' in srv.client.get("/metrics", headers=KEY).text
     assert srv.services.manager._thread.is_alive()
 
     disk.full = False
@@ -189,15 +190,22 @@ class ExitingStage(FailingStage):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_worker_thread_makes_readyz_and_submit_503(tmp_path: Path) -> None:
     stage = ExitingStage()
-    for srv in serve(tmp_path, stage, BoxFinishStage()):
+    gate = threading.Event()
+    for srv in serve(tmp_path, TimedStage(0.01, gate=gate), stage, BoxFinishStage(), gate=gate):
+        gate.clear()
+        running = srv.submit().json()["id"]
+        srv.wait_running(running)
+        queued = srv.submit().json()["id"]
         stage.armed = True
-        job_id = srv.submit().json()["id"]
+        gate.set()
         wait_until(lambda: not srv.services.manager._thread.is_alive(), 20)
-        assert srv.wait_ended(job_id)["error"]["code"] == "worker_stopped"
+        assert srv.wait_ended(running)["error"]["code"] == "worker_stopped"
+        assert srv.wait_ended(queued)["error"]["code"] == "worker_stopped", "a queued job must not wait forever"
         ready = srv.readyz()
         assert ready.status_code == 503 and ready.json()["detail"] == "worker_stopped"
         refused = srv.submit()
         assert refused.status_code == 503 and refused.json()["code"] == "worker_stopped"
+        assert 'lift3d_jobs_rejected_total{code="worker_stopped"} 1.0' in srv.client.get("/metrics", headers=KEY).text
 
 
 # -- CUDA out of memory ---------------------------------------------------------------
