@@ -27,7 +27,9 @@ _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 # Primary result codes (https://sqlite.org/rescode.html); extended codes keep them in the low byte.
 _SQLITE_FULL = 13
-_SQLITE_CANTOPEN = 14
+# BUSY, LOCKED, READONLY, IOERR, CORRUPT, CANTOPEN, PROTOCOL: the file or the disk, not our SQL.
+# SQLITE_ERROR (a bad statement) is left out: that is a bug and stays internal_error.
+_SQLITE_STORAGE = frozenset({5, 6, 8, 10, 11, 14, 15})
 
 
 def descriptors_exhausted() -> bool:
@@ -53,12 +55,10 @@ def storage_error(error: BaseException) -> Lift3dError | None:
         primary = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
         if primary == _SQLITE_FULL or "disk is full" in str(error):
             return StorageFull("the data directory's disk is full; free space and retry")
-        if descriptors_exhausted():
-            return TooManyOpenFiles("the server has run out of file descriptors; retry shortly")
-        if primary == _SQLITE_CANTOPEN:
-            return StorageUnavailable("the job store cannot be opened")
-        if isinstance(error, sqlite3.OperationalError):
-            return StorageUnavailable("the job store cannot be written")
+        if primary in _SQLITE_STORAGE:
+            if descriptors_exhausted():
+                return TooManyOpenFiles("the server has run out of file descriptors; retry shortly")
+            return StorageUnavailable("the job store cannot be read or written now")
     return None
 
 

@@ -97,6 +97,14 @@ def test_storage_errors_map_to_typed_codes() -> None:
     assert isinstance(storage_error(sqlite_full()), StorageFull)
     assert isinstance(storage_error(OSError(errno.EMFILE, "fds")), TooManyOpenFiles)
     assert storage_error(ValueError("a bug")) is None
+    import sqlite3
+
+    with pytest.raises(sqlite3.OperationalError) as bad_sql:
+        sqlite3.connect(":memory:").execute("SELECT nope FROM nowhere")
+    assert storage_error(bad_sql.value) is None, "a bad statement is a bug, not a storage fault"
+    readonly = sqlite3.OperationalError("attempt to write a readonly database")
+    readonly.sqlite_errorcode = 8  # type: ignore[attr-defined]
+    assert storage_error(readonly).code == "storage_unavailable"
     assert http_status(StorageFull("x")) == 507
     assert http_status(TooManyOpenFiles("x")) == 503
     assert error_response(StorageFull("x")).headers["Retry-After"]
