@@ -23,6 +23,7 @@ from lift3d.errors import (
     TooManyOpenFiles,
 )
 
+# EFBIG: over the file-size limit (RLIMIT_FSIZE, or the filesystem's): nothing more fits either.
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 # Primary result codes (https://sqlite.org/rescode.html); extended codes keep them in the low byte.
@@ -105,10 +106,15 @@ def free_gpu_cache() -> None:
 
 
 def job_failure(error: BaseException) -> Lift3dError | None:
-    """The typed failure for an untyped error a job hit: a storage or device fault; None for a bug."""
+    """The typed failure for an untyped error a stage raised: GPU memory, disk or descriptors ran out; None for a bug.
+
+    Storage calls raise their typed errors already; any other OSError in a stage (a
+    missing model file, a library's own I/O) stays ``internal_error``.
+    """
     if is_gpu_out_of_memory(error):
         return gpu_out_of_memory()
-    return storage_error(error)
+    typed = storage_error(error)
+    return typed if isinstance(typed, (StorageFull, TooManyOpenFiles)) else None
 
 
 PROBE_BYTES = 1 << 20

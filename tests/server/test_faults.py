@@ -263,6 +263,8 @@ def test_freeing_the_cache_is_safe_without_cuda() -> None:
     assert job_failure(torch.cuda.OutOfMemoryError("CUDA out of memory.")).code == "gpu_out_of_memory"
     assert job_failure(RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")).code == "gpu_out_of_memory"
     assert job_failure(RuntimeError("shape mismatch")) is None
+    assert job_failure(OSError(errno.ENOSPC, "full")).code == "storage_full"  # a stage's temp file
+    assert job_failure(FileNotFoundError(errno.ENOENT, "model.onnx")) is None  # a bug, not storage
 
 
 # -- a stage that never returns (the watchdog) -------------------------------------------
