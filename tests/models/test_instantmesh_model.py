@@ -30,7 +30,7 @@ def prefixed_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.shared
-@pytest.mark.parametrize("preset", ["instant-nerf-base", "instant-nerf-large"])
+@pytest.mark.parametrize("preset", ["instant-nerf-base", "instant-nerf-large", "instant-mesh-base", "instant-mesh-large"])
 def test_full_size_build_has_exactly_the_checkpoint_keys_and_shapes(preset: str) -> None:
     manifest = json.loads(shared_path("golden", "instantmesh", "manifests", f"{preset}.json").read_text())
     model = build_empty(LRMConfig.preset(preset))  # meta device: no memory, no init
