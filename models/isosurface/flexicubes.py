@@ -228,7 +228,9 @@ def flexicubes(
     weighted = sdf[edge_vertices] * weights.alpha[surface][:, ends]  # [S, 12, 2]
     x0, x1 = vertices[edge_vertices[..., 0]], vertices[edge_vertices[..., 1]]
     w0, w1 = weighted[..., :1], weighted[..., 1:]
-    crossing = (x0 * w1 - x1 * w0) / (w1 - w0)  # [S, 12, 3]; NaN/inf on edges that do not cross, masked below
+    # Edges that do not cross get a dummy denominator, so no NaN reaches a gradient through the masks below.
+    crosses = (sdf[edge_vertices[..., :1]] < 0) != (sdf[edge_vertices[..., 1:]] < 0)
+    crossing = (x0 * w1 - x1 * w0) / torch.where(crosses, w1 - w0, torch.ones((), device=device))  # [S, 12, 3]
 
     # One vertex per (surface cube, piece): beta-weighted mean of the piece's crossings.
     piece_edges = members[cases]  # [S, 4, 12]
