@@ -1,0 +1,92 @@
+"""Reconstruct stage with the FlexiCubes (mesh) variant, and the per-job reconstruct_model choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from lift3d.errors import InvalidOption
+from lift3d.settings import load_settings
+from pipeline.events import CancelToken, ProgressBus, ProgressEvent
+from pipeline.options import JobOptions, resolve_options
+from pipeline.reconstruct import MESH_SUBSTEPS, SUBSTEPS, ReconstructStage
+from pipeline.runtime import Runtime
+from pipeline.stage import StageContext
+from pipeline.state import JobState
+from tests.pipeline.test_reconstruct_stage import synthetic_views
+
+BOTH = {"engine__reconstruct__model": "instant-mesh-large", "engine__reconstruct__extra_models": ["instant-nerf-large"]}
+
+
+def run_job(stage: ReconstructStage, settings, model: str | None) -> tuple[JobState, list[ProgressEvent]]:
+    job = JobState(options=resolve_options(JobOptions(seed=1, reconstruct_model=model), settings.engine))
+    job.views = synthetic_views()
+    events: list[ProgressEvent] = []
+    bus = ProgressBus()
+    bus.subscribe(events.append)
+    stage.run(job, StageContext(Runtime.from_settings(settings.engine), "reconstruct", bus, CancelToken(), 0.0, 1.0))
+    return job, events
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    torch.set_num_threads(2)
+    settings = load_settings({}, engine__weights="tiny", engine__device="cpu", **BOTH)
+    stage = ReconstructStage()
+    stage.load(Runtime.from_settings(settings.engine))
+    return stage, settings
+
+
+def test_one_stage_loads_both_variants_and_each_job_picks_one(loaded) -> None:
+    stage, settings = loaded
+    assert set(stage.models) == {"instant-mesh-large", "instant-nerf-large"}
+    mesh_job, mesh_events = run_job(stage, settings, "instant-mesh-large")
+    nerf_job, nerf_events = run_job(stage, settings, "instant-nerf-large")
+    default_job, _ = run_job(stage, settings, None)
+    assert [e.message for e in mesh_events] == list(MESH_SUBSTEPS)
+    assert [e.message for e in nerf_events] == list(SUBSTEPS)
+    assert mesh_job.metadata["reconstruct"]["model"] == "instant-mesh-large"
+    assert mesh_job.metadata["reconstruct"]["extraction"] == "flexicubes"
+    assert mesh_job.metadata["reconstruct"]["grid_resolution"] == 32  # the tiny mesh preset's grid
+    assert nerf_job.metadata["reconstruct"]["model"] == "instant-nerf-large"
+    assert default_job.metadata["reconstruct"]["model"] == "instant-mesh-large"  # the server default
+    np.testing.assert_array_equal(default_job.mesh.faces, mesh_job.mesh.faces)
+
+
+def test_mesh_variant_gives_a_closed_outward_coloured_mesh(loaded) -> None:
+    stage, settings = loaded
+    job, _ = run_job(stage, settings, "instant-mesh-large")
+    mesh = job.mesh
+    assert mesh is not None and len(mesh.faces) > 0
+    assert mesh.vertices.dtype == np.float32 and mesh.faces.dtype == np.int64
+    assert np.abs(mesh.vertices).max() <= 1.05 + 1e-6  # the FlexiCubes box is 2.1 wide
+    surface = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    surface.merge_vertices()
+    assert surface.is_watertight and surface.is_winding_consistent
+    assert surface.volume > 0  # same outward winding as the NeRF path's marching cubes
+    assert mesh.vertex_colors.shape == mesh.vertices.shape and 0 <= mesh.vertex_colors.min() <= mesh.vertex_colors.max() <= 1
+    np.testing.assert_allclose(mesh.color_query(mesh.vertices[:300]), mesh.vertex_colors[:300], atol=1e-5)
+    assert job.metadata["reconstruct"]["iso_rule"].startswith("quantile 0.3 of the grid sdf")
+
+
+def test_nerf_path_is_outward_too(loaded) -> None:
+    stage, settings = loaded
+    job, _ = run_job(stage, settings, "instant-nerf-large")
+    assert trimesh.Trimesh(job.mesh.vertices, job.mesh.faces).volume > 0
+
+
+def test_a_model_that_is_not_loaded_is_refused_with_the_list() -> None:
+    settings = load_settings({}, engine__weights="tiny", **BOTH)
+    with pytest.raises(InvalidOption) as refused:
+        resolve_options(JobOptions(reconstruct_model="instant-nerf-base"), settings.engine)
+    assert refused.value.code == "invalid_reconstruct_model"
+    assert "instant-mesh-large" in refused.value.message and "instant-nerf-large" in refused.value.message
+    assert resolve_options(JobOptions(), settings.engine).reconstruct_model == "instant-mesh-large"
+
+
+def test_extra_models_come_from_the_environment() -> None:
+    settings = load_settings({"LIFT3D_RECONSTRUCT_EXTRA_MODELS": "instant-nerf-base, instant-mesh-base"})
+    assert settings.engine.reconstruct.extra_models == ("instant-nerf-base", "instant-mesh-base")
+    assert settings.engine.reconstruct.loaded_models[1:] == ("instant-nerf-base", "instant-mesh-base")
