@@ -43,7 +43,7 @@ class MultiviewSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
     # The server default; a job may pick any loaded model (``reconstruct_model`` option).
-    model: ReconstructModel = "instant-nerf-large"
+    model: ReconstructModel = "instant-mesh-large"
     # Loaded beside ``model`` so jobs can choose them; each costs its weights' memory.
     extra_models: tuple[ReconstructModel, ...] = ()
     # Density grid of the NeRF variants (the mesh variants use their own FlexiCubes grid, 128).
