@@ -17,7 +17,7 @@ from tests.support.gltf_validator import assert_valid_glb
 from tests.support.paths import shared_path
 from tests.support.servers import make_settings, wait_until
 
-pytestmark = [pytest.mark.shared, pytest.mark.slow]
+pytestmark = pytest.mark.shared
 
 KEY = {"Authorization": "Bearer test-key-1"}
 def reconstruct_model_recorded(glb: bytes) -> str:

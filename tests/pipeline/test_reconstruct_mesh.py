@@ -90,3 +90,43 @@ def test_extra_models_come_from_the_environment() -> None:
     settings = load_settings({"LIFT3D_RECONSTRUCT_EXTRA_MODELS": "instant-nerf-base, instant-mesh-base"})
     assert settings.engine.reconstruct.extra_models == ("instant-nerf-base", "instant-mesh-base")
     assert settings.engine.reconstruct.loaded_models[1:] == ("instant-nerf-base", "instant-mesh-base")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model_name", ["instant-mesh-large", "instant-mesh-base"])
+def test_full_size_dummy_mesh_variant_benchmark_on_gpu(model_name: str) -> None:
+    """Full-size random weights on the reference's FlexiCubes grid (128) on CUDA: sub-step times and peak memory."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import json
+    import platform
+
+    from tests.support.paths import REPO
+
+    settings = load_settings({}, engine__weights="dummy", engine__device="cuda", engine__reconstruct__model=model_name)
+    runtime = Runtime.from_settings(settings.engine)
+    stage = ReconstructStage()
+    stage.load(runtime)
+    run_job(stage, settings, None)  # warm-up (kernels, allocator)
+    torch.cuda.reset_peak_memory_stats()
+    job, _ = run_job(stage, settings, None)
+    record = job.metadata["reconstruct"]
+    assert record["extraction"] == "flexicubes" and record["grid_resolution"] == 128
+    assert job.mesh is not None and len(job.mesh.faces) > 0
+    result = {
+        "benchmark": "reconstruct stage, mesh variant, full-size dummy weights (random: geometry is meaningless)",
+        "model": model_name,
+        "weights_mode": "dummy",
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "grid_resolution": 128,
+        "seconds": record["timings"],
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(),
+        "vertices": record["vertices"],
+        "faces": record["faces"],
+    }
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.get_device_name().replace(" ", "-").lower()
+    (out / f"reconstruct-{model_name}-dummy-{gpu}.json").write_text(json.dumps(result, indent=2) + "\n")
