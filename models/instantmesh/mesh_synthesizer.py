@@ -68,6 +68,8 @@ class MeshSynthesizer(nn.Module):
 
     def rgb(self, planes: torch.Tensor, points: torch.Tensor, *, chunk: int = DEFAULT_POINTS_CHUNK) -> torch.Tensor:
         """Colours [B, P, 3] (not clamped), ``chunk`` points at a time."""
+        if points.shape[1] == 0:
+            return points.new_zeros(points.shape[0], 0, 3)
         parts = [
             activate_rgb(self.decoder.net_rgb(self.features(planes, points[:, i : i + chunk])))
             for i in range(0, points.shape[1], chunk)
