@@ -246,7 +246,7 @@ def flexicubes(
 
     # Quads: one per crossing grid edge that four surface cubes share.
     edge_key = (edge_vertices[..., 0] * vertices.shape[0] + edge_vertices[..., 1]).reshape(-1)
-    unique, inverse, shared_by = torch.unique(edge_key, return_inverse=True, return_counts=True)
+    _, inverse, shared_by = torch.unique(edge_key, return_inverse=True, return_counts=True)
     is_quad = (shared_by[inverse] == 4) & (edge_vertex.reshape(-1) >= 0)
     slots = torch.nonzero(is_quad).squeeze(1)  # (cube, edge) slots, cube-major
     order = torch.sort(inverse[slots], stable=True).indices  # group by grid edge, cubes kept in cube order

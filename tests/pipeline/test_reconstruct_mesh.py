@@ -130,3 +130,19 @@ def test_full_size_dummy_mesh_variant_benchmark_on_gpu(model_name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name().replace(" ", "-").lower()
     (out / f"reconstruct-{model_name}-dummy-{gpu}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def test_random_weights_sdf_level_keeps_the_quantile_inside_and_closes_the_box() -> None:
+    from pipeline.iso_levels import choose_sdf_level, close_sdf_at_border
+
+    settings = load_settings({}).engine.reconstruct
+    sdf = torch.randn(9**3, generator=torch.Generator().manual_seed(1))
+    level, rule = choose_sdf_level(sdf, weights_mode="tiny", settings=settings)
+    assert abs(float((sdf < level).float().mean()) - (1 - settings.random_weights_iso_quantile)) < 2 / sdf.numel()
+    assert not bool((sdf == level).any()) and rule.startswith("quantile 0.3 of the grid sdf")
+    assert choose_sdf_level(sdf, weights_mode="locked", settings=settings) == (0.0, "sdf zero level")
+    closed = close_sdf_at_border(sdf - level, 8).reshape(9, 9, 9)
+    inner = closed[1:-1, 1:-1, 1:-1]
+    assert torch.equal(inner, (sdf - level).reshape(9, 9, 9)[1:-1, 1:-1, 1:-1])
+    faces = [closed[0], closed[-1], closed[:, 0], closed[:, -1], closed[:, :, 0], closed[:, :, -1]]
+    assert all(bool((face > 0).all()) for face in faces)
