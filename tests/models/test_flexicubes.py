@@ -116,6 +116,21 @@ def test_sphere_is_watertight_manifold_and_round() -> None:
     assert abs(mesh.euler_number - 2) == 0
 
 
+def test_torus_keeps_its_hole_and_random_weights_keep_it_closed() -> None:
+    def torus(p: torch.Tensor) -> torch.Tensor:
+        ring = torch.stack([p[:, :2].norm(dim=1) - 0.6, p[:, 2]], dim=1)
+        return ring.norm(dim=1) - 0.25
+
+    resolution = 28
+    _, cubes = regular_grid(resolution, SCALE)
+    raw = torch.randn(cubes.shape[0], 21, generator=torch.Generator().manual_seed(2))
+    for weights in (None, CubeWeights.from_raw(raw, 0.5)):
+        mesh = to_trimesh(*extract(torus, resolution, weights))
+        mesh.merge_vertices()
+        assert mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0
+        assert mesh.euler_number == 0  # genus one
+
+
 def box_sdf(points: torch.Tensor, half: float) -> torch.Tensor:
     q = points.abs() - half
     return q.clamp_min(0).norm(dim=-1) + q.max(dim=-1).values.clamp_max(0)
