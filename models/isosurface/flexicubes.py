@@ -99,9 +99,10 @@ def problem_face(case: int) -> int | None:
     """The ambiguous face whose four crossings all belong to one piece, if the case has one.
 
     Such a piece (five or six corners inside, the inside ones joined around the cube)
-    touches the face twice, and two neighbours that both do so share a non-manifold
-    pair of vertices. Where that happens the reference uses the complementary case's
-    pieces instead (``resolve_problem_cases``), which separates the face's outside corners.
+    touches the face twice; when the cube across the face does the same, their two
+    vertices end up joined by an edge of four triangles (non-manifold). There the
+    reference uses the complementary case's pieces for both cubes instead
+    (``resolve_problem_cases``), which separate the face's outside corners.
     """
     faces = []
     for n, face in enumerate(FACES):

@@ -87,6 +87,32 @@ def test_problem_cases_are_the_one_piece_complements_of_separated_faces() -> Non
     assert len(problems) % 24 == 0 or len(problems) % 12 == 0
 
 
+def test_neighbouring_problem_cubes_are_swapped_and_that_keeps_the_mesh_manifold(monkeypatch) -> None:
+    """Cubes (1,1,1) and (2,1,1) share an ambiguous face and each joins that face's inside corners around
+    itself (six corners inside): one vertex each would put four triangles on one edge."""
+    import models.isosurface.flexicubes as module
+
+    resolution, n = 4, 5
+    vertices, cubes = regular_grid(resolution, SCALE)
+    field = torch.ones(n, n, n)
+    field[1, 1:3, 1:3] = -1
+    field[3, 1:3, 1:3] = -1
+    field[2, 1, 1] = field[2, 2, 2] = -1  # the shared face: one diagonal inside, the other outside
+    field = field * (1 + 0.1 * torch.rand(n, n, n, generator=torch.Generator().manual_seed(0)))
+    sdf = field.reshape(-1)
+    pair = torch.tensor([(1 * 4 + 1) * 4 + 1, (2 * 4 + 1) * 4 + 1])
+    cases = ((sdf < 0)[cubes[pair]].long() * (1 << torch.arange(8))).sum(dim=1)
+    assert all(problem_face(int(case)) is not None for case in cases)
+    assert torch.equal(module.resolve_problem_cases(cases, pair, (4, 4, 4)), 255 - cases)
+
+    weights = CubeWeights.neutral(cubes.shape[0])
+    resolved = to_trimesh(*flexicubes(vertices, sdf, cubes, weights, resolution))
+    assert resolved.is_watertight and resolved.euler_number == 2
+    monkeypatch.setattr(module, "resolve_problem_cases", lambda cases, *_: cases)
+    unresolved = to_trimesh(*module.flexicubes(vertices, sdf, cubes, weights, resolution))
+    assert not unresolved.is_watertight and len(unresolved.vertices) == len(resolved.vertices) - 2
+
+
 # -- analytic fields ------------------------------------------------------------------------
 
 
