@@ -34,7 +34,7 @@ CORNER_OFFSETS = tuple(tuple((n >> axis) & 1 for axis in range(3)) for n in rang
 # The reference's edge numbering: four edges around the y = 0 face, four around y = 1,
 # then the four y-edges (listed from their y = 1 end). beta[:, e] belongs to edge e.
 CUBE_EDGES = ((0, 1), (1, 5), (4, 5), (0, 4), (2, 3), (3, 7), (6, 7), (2, 6), (2, 0), (3, 1), (7, 5), (6, 4))
-MAX_GROUPS = 4  # at most four separate surface pieces in one cube (two opposite-corner pairs)
+MAX_GROUPS = 4  # at most four pieces in one cube (four corners inside, no two sharing an edge)
 WEIGHT_CHANNELS = 21  # 12 beta (edges) + 8 alpha (corners) + 1 gamma (cube)
 
 
