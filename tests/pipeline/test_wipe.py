@@ -100,3 +100,12 @@ def test_decode_reads_a_wiped_buffer_without_copying_it_whole() -> None:
     reader.close()
     data.wipe()  # no export is left behind by the decode: the buffer is still writable and resizable
     data.extend(b"x")
+
+
+def test_wipe_zeroes_a_tensor_made_under_inference_mode() -> None:
+    import torch
+
+    with torch.inference_mode():
+        made = torch.ones(4)
+    wipe(made)  # outside inference mode, as the engine's clean-up runs
+    assert made.sum().item() == 0
