@@ -127,6 +127,9 @@ async def submit_job(
     texture_size: Annotated[int | None, QueryParameter(description="512..2048")] = None,
     texture: Annotated[str | None, QueryParameter(description="uv|vertex")] = None,
     return_views: Annotated[bool | None, QueryParameter(description="also store views.png")] = None,
+    pipeline: Annotated[
+        str | None, QueryParameter(description="multiview|fast (default: multiview where loaded); see /v1/info pipelines")
+    ] = None,
     owner: Annotated[str | None, QueryParameter(description="the web app's opaque user id")] = None,
     retention_seconds: Annotated[int | None, QueryParameter(description="result lifetime")] = None,
     webhook_url: Annotated[str | None, QueryParameter(description="allow-listed URL told when the job ends")] = None,

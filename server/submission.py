@@ -48,6 +48,7 @@ ENGINE_FIELDS: dict[str, Callable[[str], Any]] = {
     "texture_size": int,
     "texture": _choice("uv", "vertex"),
     "return_views": _parse_bool,
+    "pipeline": _choice("multiview", "fast"),
 }
 # Options about the job's data, handled by the server.
 JOB_FIELDS: dict[str, Callable[[str], Any]] = {
