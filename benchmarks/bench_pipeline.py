@@ -3,6 +3,7 @@
     python -m benchmarks.bench_pipeline --weights dummy --device cuda
     python -m benchmarks.bench_pipeline --weights tiny --device cpu -n 2 \\
         --config baseline:dtype=float32,steps=4 --config fast:dtype=float32,steps=2
+    python -m benchmarks.bench_pipeline --weights tiny --device cpu --config triposr --baseline triposr
 
 Every configuration runs in this one process, after the device's matmul peak and copy
 bandwidth were measured, so speedups over the baseline and fractions of the floor are
@@ -28,13 +29,45 @@ from benchmarks.configs import DEFAULT_CONFIGS, PRESETS, BenchConfig, parse_conf
 from benchmarks.probes import StageProbe, StageSample, probe_stages
 from benchmarks.tables import pipeline_markdown
 from lift3d.settings import EngineSettings, Settings, load_settings
-from pipeline.engine import Engine, default_stages
-from pipeline.options import JobOptions
+from pipeline.engine import Engine, pipeline_stages
+from pipeline.options import JobOptions, default_pipeline
 from pipeline.stage import Stage
 
 log = logging.getLogger("lift3d.bench")
 
 StageFactory = Callable[[EngineSettings], list[Stage]]
+
+
+def profile_stages(settings: EngineSettings) -> list[Stage]:
+    """The stages of the profile's default pipeline (``profile=fast`` in a configuration benchmarks TripoSR)."""
+    return pipeline_stages(settings)[default_pipeline(settings)]
+
+
+def job_substeps(result: Any) -> dict[str, dict[str, float]]:
+    """Seconds per sub-step of the stages that record them: reconstruct's model steps, finish's mesh steps."""
+    substeps: dict[str, dict[str, float]] = {}
+    reconstruct = result.metadata.get("reconstruct", {}).get("timings")
+    if isinstance(reconstruct, dict):
+        substeps["reconstruct"] = dict(reconstruct)
+    finish = result.qa.get("finish_seconds")
+    if isinstance(finish, dict):
+        substeps["finish"] = dict(finish)
+    return substeps
+
+
+def summarize_substeps(per_job: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """Latency statistics per stage and sub-step, in the order the stages record them."""
+    order: dict[str, list[str]] = {}
+    for job in per_job:
+        for stage, steps in job.items():
+            known = order.setdefault(stage, [])
+            known += [step for step in steps if step not in known]
+    return {
+        stage: {
+            step: common.summarize(job[stage][step] for job in per_job if step in job.get(stage, {})) for step in steps
+        }
+        for stage, steps in order.items()
+    }
 
 
 @dataclass
@@ -57,7 +90,7 @@ class PipelineRun:
     count_flops: bool = True
     matmul_size: int | None = None
     copy_megabytes: int | None = None
-    stage_factory: StageFactory = default_stages
+    stage_factory: StageFactory = profile_stages
     # Seconds after which no further configuration starts (the first always runs); None: no limit.
     time_budget_s: float | None = None
 
@@ -170,12 +203,16 @@ def _run_config(cache: _EngineCache, config: BenchConfig, run: PipelineRun, peak
     probe = cache.probe
     photos = [(path.name, path.read_bytes()) for path in run.images]
 
+    substeps: list[dict[str, dict[str, float]]] = []
+
     def job(image: bytes, seed: int, *, count_flops: bool) -> tuple[float, dict[str, float]]:
         probe.start_job(count_flops=count_flops)
         started = time.perf_counter()
         result = engine.run(image, JobOptions(seed=seed, steps=config.steps))
         engine.runtime.synchronize()
-        return time.perf_counter() - started, result.timings
+        elapsed = time.perf_counter() - started
+        substeps.append(job_substeps(result))
+        return elapsed, result.timings
 
     for _ in range(run.warmup_jobs):
         job(photos[0][1], 0, count_flops=False)
@@ -185,6 +222,7 @@ def _run_config(cache: _EngineCache, config: BenchConfig, run: PipelineRun, peak
         job(photos[0][1], 0, count_flops=True)
         counted = dict(probe.samples)
     jobs: list[JobSample] = []
+    substeps.clear()  # only the timed jobs' sub-steps are summarised
     for repeat in range(run.repeats):
         for index, (name, data) in enumerate(photos):
             total_s, timings = job(data, index, count_flops=False)
@@ -200,7 +238,9 @@ def _run_config(cache: _EngineCache, config: BenchConfig, run: PipelineRun, peak
         "load_s_by_stage": dict(getattr(engine, "load_seconds", {})),
         "warmup_s": cache.warmup_s,
         "peak_flops_per_second": peak,
+        "pipeline": default_pipeline(engine.settings),
         **summarize_config(engine.stage_names, jobs, counted, peak),
+        "substeps_s": summarize_substeps(substeps) if substeps else {},
     }
 
 

@@ -1,7 +1,8 @@
 """The fast pipeline's reconstruct stage: the cut-out -> TripoSR scene code -> density grid -> coloured mesh.
 
-Sub-steps (each reported, with a cancellation check between them): encode, grid
-query, marching cubes, colour query.
+Sub-steps (each reported, with a cancellation check between them): image tokens (the
+DINO ViT), triplanes (the transformer and upsampler), grid query, marching cubes,
+colour query.
 
 Frame: TripoSR's world is the multiview path's reconstruction frame already (+z up,
 the input view's camera on +x, its right-hand direction +y; docs/triposr.md gives the
@@ -34,7 +35,7 @@ from pipeline.state import JobState, ReconstructedMesh
 
 log = logging.getLogger("lift3d.single_view")
 
-SUBSTEPS = ("encode", "grid query", "marching cubes", "colour query")
+SUBSTEPS = ("image tokens", "triplanes", "grid query", "marching cubes", "colour query")
 
 
 class SingleViewReconstructStage:
@@ -80,8 +81,11 @@ class SingleViewReconstructStage:
 
         rgba = np.asarray(job.cutout.convert("RGBA"))
         rgb = prepare_rgba(rgba, foreground_ratio=settings.foreground_ratio)
-        codes = model.encode(model.preprocess([rgb]))
-        done("encode")
+        tokens = model.image_tokens(model.preprocess([rgb]))
+        done("image tokens")
+        codes = model.scene_codes_from_tokens(model.backbone_tokens(tokens))
+        del tokens
+        done("triplanes")
 
         resolution = self.grid_resolution(settings.grid_resolution)
         chunk = settings.query_chunk

@@ -62,7 +62,13 @@ class FakeTripoSR:
         assert images[0].dtype == np.uint8 and images[0].shape[-1] == 3
         return torch.zeros(1, 8, 8, 3)
 
-    def encode(self, rgb_cond):  # noqa: ANN001
+    def image_tokens(self, rgb_cond):  # noqa: ANN001
+        return torch.zeros(1, 5, 4)
+
+    def backbone_tokens(self, tokens):  # noqa: ANN001
+        return torch.zeros(1, 4, 12)
+
+    def scene_codes_from_tokens(self, tokens):  # noqa: ANN001
         return torch.zeros(1, 3, 1, 2, 2)
 
 
@@ -100,6 +106,7 @@ def test_locked_weights_cut_at_the_reference_threshold_in_the_model_cube() -> No
     job = _reconstruct(EngineSettings(device="cpu", weights="locked", profile="fast"))
     record = job.metadata["reconstruct"]
     assert record["iso_level"] == 25.0 and record["iso_rule"] == "threshold 25"
+    assert list(record["timings"]) == ["image tokens", "triplanes", "grid query", "marching cubes", "colour query"]
     assert job.mesh is not None
     # On the surface of the field (density 25 <=> signed distance 0), within a grid cell.
     signed = AsymmetricField.signed(torch.from_numpy(job.mesh.vertices).double())
