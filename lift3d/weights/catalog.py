@@ -130,17 +130,21 @@ def is_commercial(licence: str) -> bool:
 def licence_report(pipeline: str, settings: EngineSettings, lock: WeightsLock | None = None) -> list[dict[str, Any]]:
     """Per artifact a pipeline uses: its licence, whether it allows commercial use, and how it is used.
 
-    In ``tiny``/``dummy`` mode only the background model's file may be read; the other
-    artifacts are named still (their architecture runs, with random weights) so the
-    report says which real files a locked server would need.
+    In ``tiny``/``dummy`` mode only the background model's file may be read (where it is
+    present); the other artifacts are named still (their architecture runs, with random
+    weights) so the report says which real files a locked server would need.
     """
     lock = lock or default_lock()
     background = rembg_path(settings.background.model)
     rows = []
     for path in pipeline_paths(pipeline, settings, lock):
         artifact = lock.by_path(path)
-        if settings.weights == "locked" or path == background:
+        if settings.weights == "locked":
             use = "weights"
+        elif path == background:
+            # tiny/dummy use the real background model where its file is there, else a heuristic.
+            present = artifact.local_path(settings.weights_path).is_file()
+            use = "weights" if present else f"not used ({settings.weights} mode without the file: border-colour heuristic)"
         else:
             use = f"architecture only ({settings.weights} weights)"
         rows.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -166,7 +167,7 @@ def test_each_server_profile_reads_only_its_pipelines_files() -> None:
     ]
 
 
-def test_licence_report_names_every_artifact_and_whether_it_may_earn_money() -> None:
+def test_licence_report_names_every_artifact_and_whether_it_may_earn_money(tmp_path: Path) -> None:
     from lift3d.weights.catalog import is_commercial, licence_report
 
     assert not is_commercial("CC-BY-NC-4.0") and is_commercial("MIT") and is_commercial("Apache-2.0")
@@ -177,7 +178,11 @@ def test_licence_report_names_every_artifact_and_whether_it_may_earn_money() -> 
     multiview = {row["path"]: row for row in licence_report("multiview", locked)}
     unet = multiview["TencentARC/InstantMesh/diffusion_pytorch_model.safetensors"]
     assert unet["licence"] == "CC-BY-NC-4.0" and not unet["commercial_use"]
-    tiny = licence_report("fast", load_settings({}, engine__weights="tiny").engine)
+    tiny = licence_report("fast", load_settings({}, engine__weights="tiny", engine__weights_dir=str(tmp_path)).engine)
     assert {row["use"] for row in tiny if row["path"].startswith("stabilityai/")} == {"architecture only (tiny weights)"}
+    assert [row["use"] for row in tiny if row["path"] == "rembg/u2netp.onnx"][0].startswith("not used")
+    (tmp_path / "rembg").mkdir()
+    (tmp_path / "rembg" / "u2netp.onnx").write_bytes(b"present")
+    tiny = licence_report("fast", load_settings({}, engine__weights="tiny", engine__weights_dir=str(tmp_path)).engine)
     assert [row["use"] for row in tiny if row["path"] == "rembg/u2netp.onnx"] == ["weights"]
 
