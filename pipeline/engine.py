@@ -42,19 +42,22 @@ def pipeline_stages(settings: EngineSettings) -> dict[str, list[Stage]]:
     multiview: decode -> background -> multiview -> reconstruct -> finish
     fast:      decode -> background (512 px cut-out) -> reconstruct (TripoSR) -> finish
     """
+    from pipeline.background import BackgroundStage
+    from pipeline.decode import DecodeStage
+    from pipeline.finish import FinishStage
+
+    decode, background, finish = DecodeStage(), BackgroundStage(), FinishStage()
     pipelines: dict[str, list[Stage]] = {}
-    multiview = default_stages(settings)
-    decode, background, finish = multiview[0], multiview[1], multiview[-1]
     for name in settings.pipelines:
         if name == "multiview":
-            pipelines[name] = multiview
+            from pipeline.multiview import MultiviewStage
+            from pipeline.reconstruct import ReconstructStage
+
+            pipelines[name] = [decode, background, MultiviewStage(), ReconstructStage(), finish]
         elif name == "fast":
-            from pipeline.background import BackgroundStage
             from pipeline.single_view import SingleViewReconstructStage
 
-            assert isinstance(background, BackgroundStage)
-            fast_background = background.resized(settings.fast.cutout_size)
-            pipelines[name] = [decode, fast_background, SingleViewReconstructStage(), finish]
+            pipelines[name] = [decode, background.resized(settings.fast.cutout_size), SingleViewReconstructStage(), finish]
     return pipelines
 
 

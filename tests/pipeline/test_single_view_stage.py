@@ -191,3 +191,14 @@ def test_a_photo_becomes_a_textured_glb_that_names_its_pipeline_and_licences(fas
     assert licences["stabilityai/TripoSR/model.safetensors"]["use"] == "architecture only (tiny weights)"
     assert licences["rembg/u2netp.onnx"]["use"] == "weights"
     assert all(row["commercial_use"] for row in extras["artifacts"])
+
+
+def test_the_all_profile_holds_both_pipelines_sharing_the_model_free_stages() -> None:
+    engine = Engine(EngineSettings(device="cpu", weights="tiny", profile="all"))
+    multiview, fast = engine.pipelines["multiview"], engine.pipelines["fast"]
+    assert [s.name for s in multiview] == ["decode", "background", "multiview", "reconstruct", "finish"]
+    assert [s.name for s in fast] == ["decode", "background", "reconstruct", "finish"]
+    assert multiview[0] is fast[0] and multiview[-1] is fast[-1]
+    assert fast[1].output_size == 512 and multiview[1].output_size is None  # TripoSR's 512 px input
+    assert engine.stages is multiview  # a job without `pipeline` runs multiview
+    assert set(engine.licences) == {"multiview", "fast"}
