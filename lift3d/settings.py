@@ -26,6 +26,8 @@ PROFILE_PIPELINES: dict[str, tuple[PipelineName, ...]] = {
     "quality": ("multiview",),
     "all": ("multiview", "fast"),
 }
+# InstantMesh reconstruction models: the NeRF variants and the FlexiCubes (mesh) variants.
+ReconstructModel = Literal["instant-nerf-base", "instant-nerf-large", "instant-mesh-base", "instant-mesh-large"]
 
 
 class DecodeSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,7 +51,11 @@ class MultiviewSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
-    model: Literal["instant-nerf-base", "instant-nerf-large"] = "instant-nerf-large"
+    # The server default; a job may pick any loaded model (``reconstruct_model`` option).
+    model: ReconstructModel = "instant-mesh-large"
+    # Loaded beside ``model`` so jobs can choose them; each costs its weights' memory.
+    extra_models: tuple[ReconstructModel, ...] = ()
+    # Density grid of the NeRF variants (the mesh variants use their own FlexiCubes grid, 128).
     grid_resolution: int = 256
     density_threshold: float = 10.0
     # With random weights (tiny/dummy) the density has no scale: the iso-level is
@@ -57,6 +63,11 @@ class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
     random_weights_iso_quantile: float = 0.7
     color_query_chunk: int = 262_144
     views: Literal[6, 4] = 6
+
+    @property
+    def loaded_models(self) -> tuple[str, ...]:
+        """The default first, then the extras, each once."""
+        return tuple(dict.fromkeys((self.model, *self.extra_models)))
 
 
 class FastSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,11 +127,24 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     api_keys: tuple[str, ...] = ()
     queue_size: int = 8
     job_deadline_seconds: float = 600.0
+    # A running stage still inside its job this long past the deadline is declared hung (the watchdog).
+    watchdog_grace_seconds: float = 30.0
     shutdown_grace_seconds: float = 120.0
     cors_origins: tuple[str, ...] = ()
     sse_keepalive_seconds: float = 15.0
     # The built-in demo page at /demo (it holds no data and asks for an API key itself).
     demo: bool = True
+    # URL prefixes the RunPod worker may fetch image_url from even when they resolve to
+    # private/loopback addresses (everything public is allowed; see docs/security.md).
+    image_url_allowlist: tuple[str, ...] = ()
+    # Connection limits (server/limits.py, docs/security.md).
+    max_connections: int = 256
+    header_timeout_seconds: float = 10.0
+    keep_alive_seconds: float = 5.0
+    body_idle_timeout_seconds: float = 15.0
+    body_timeout_seconds: float = 120.0
+    # Bytes of uploads being read at once; 0 = queue_size x max_upload_bytes.
+    max_upload_bytes_in_flight: int = 0
 
 
 class StorageSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -192,6 +216,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_BACKGROUND_MODEL": ("engine.background.model", str),
     "LIFT3D_STEPS": ("engine.multiview.steps", int),
     "LIFT3D_RECONSTRUCT_MODEL": ("engine.reconstruct.model", str),
+    "LIFT3D_RECONSTRUCT_EXTRA_MODELS": ("engine.reconstruct.extra_models", _split_list),
     "LIFT3D_GRID_RESOLUTION": ("engine.reconstruct.grid_resolution", int),
     "LIFT3D_FAST_GRID_RESOLUTION": ("engine.fast.grid_resolution", int),
     "LIFT3D_HOST": ("server.host", str),
@@ -199,9 +224,17 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_API_KEYS": ("server.api_keys", _split_list),
     "LIFT3D_QUEUE_SIZE": ("server.queue_size", int),
     "LIFT3D_JOB_DEADLINE_SECONDS": ("server.job_deadline_seconds", float),
+    "LIFT3D_WATCHDOG_GRACE_SECONDS": ("server.watchdog_grace_seconds", float),
     "LIFT3D_SHUTDOWN_GRACE_SECONDS": ("server.shutdown_grace_seconds", float),
     "LIFT3D_CORS_ORIGINS": ("server.cors_origins", _split_list),
     "LIFT3D_DEMO": ("server.demo", _flag),
+    "LIFT3D_IMAGE_URL_ALLOWLIST": ("server.image_url_allowlist", _split_list),
+    "LIFT3D_MAX_CONNECTIONS": ("server.max_connections", int),
+    "LIFT3D_HEADER_TIMEOUT_SECONDS": ("server.header_timeout_seconds", float),
+    "LIFT3D_KEEP_ALIVE_SECONDS": ("server.keep_alive_seconds", float),
+    "LIFT3D_BODY_IDLE_TIMEOUT_SECONDS": ("server.body_idle_timeout_seconds", float),
+    "LIFT3D_BODY_TIMEOUT_SECONDS": ("server.body_timeout_seconds", float),
+    "LIFT3D_MAX_UPLOAD_BYTES_IN_FLIGHT": ("server.max_upload_bytes_in_flight", int),
     "LIFT3D_DATA_DIR": ("storage.data_dir", str),
     "LIFT3D_RETENTION_SECONDS": ("storage.default_retention_seconds", int),
     "LIFT3D_MAX_RETENTION_SECONDS": ("storage.max_retention_seconds", int),

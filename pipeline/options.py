@@ -31,6 +31,7 @@ class JobOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     return_views: bool = False
     # None: the server's default pipeline (multiview where loaded, else the profile's first).
     pipeline: PipelineName | None = None
+    reconstruct_model: str | None = None
 
 
 class ResolvedOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,6 +46,7 @@ class ResolvedOptions(msgspec.Struct, frozen=True, kw_only=True):
     texture: Literal["uv", "vertex"]
     return_views: bool
     pipeline: PipelineName = "multiview"
+    reconstruct_model: str = ""
 
 
 def default_pipeline(settings: EngineSettings) -> PipelineName:
@@ -56,6 +58,18 @@ def _check_range(name: str, value: float, bounds: tuple[float, float]) -> None:
     low, high = bounds
     if not (low <= value <= high):
         raise InvalidOption(f"{name} must be between {low} and {high}, got {value}", code=f"invalid_{name}")
+
+
+def _reconstruct_model(options: JobOptions, settings: EngineSettings) -> str:
+    """The job's reconstruction model: one the server has loaded, else a 422 naming them."""
+    loaded = settings.reconstruct.loaded_models
+    chosen = options.reconstruct_model or settings.reconstruct.model
+    if chosen not in loaded:
+        raise InvalidOption(
+            f"reconstruct_model must be one of the loaded models {', '.join(loaded)}; got {chosen!r}",
+            code="invalid_reconstruct_model",
+        )
+    return chosen
 
 
 def resolve_options(options: JobOptions, settings: EngineSettings) -> ResolvedOptions:
@@ -83,4 +97,15 @@ def resolve_options(options: JobOptions, settings: EngineSettings) -> ResolvedOp
         texture=options.texture or settings.finish.texture,
         return_views=options.return_views,
         pipeline=pipeline,
+        reconstruct_model=_reconstruct_model(options, settings) if pipeline == "multiview" else _single_view(options),
     )
+
+
+def _single_view(options: JobOptions) -> str:
+    """The fast pipeline has one reconstruction model (TripoSR): ``reconstruct_model`` names InstantMesh's."""
+    if options.reconstruct_model:
+        raise InvalidOption(
+            "reconstruct_model chooses the multiview pipeline's model; the fast pipeline has only TripoSR",
+            code="invalid_reconstruct_model",
+        )
+    return ""

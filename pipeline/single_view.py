@@ -12,7 +12,7 @@ evidence), so the mesh goes to finishing unrotated and finishing's one frame cha
 
 Iso-level: ``fast.density_threshold`` (25, the reference's) with the trained weights;
 with random weights (``tiny``, ``dummy``) the multiview stage's quantile rule and
-border closing (``pipeline.reconstruct``), recorded in the metadata as there.
+border closing (``pipeline.iso_levels``), recorded in the metadata as there.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 from lift3d.errors import EmptyReconstruction, Lift3dError
 from models.isosurface.marching_cubes import marching_cubes
 from models.triposr import TripoSR, load_for_mode, prepare_rgba
-from pipeline.reconstruct import choose_iso_level, close_at_border, make_color_query
+from pipeline.iso_levels import choose_iso_level, close_at_border
+from pipeline.reconstruct import make_color_query
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import JobState, ReconstructedMesh

@@ -46,6 +46,7 @@ _TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict",
     413: "Payload too large",
     415: "Unsupported media type",
@@ -54,6 +55,7 @@ _TITLES = {
     500: "Internal server error",
     503: "Service unavailable",
     504: "Deadline exceeded",
+    507: "Insufficient storage",
 }
 
 # The one table from domain errors to HTTP statuses. The most specific class wins
@@ -62,6 +64,7 @@ HTTP_STATUS: dict[type[Lift3dError], int] = {
     errors.Lift3dError: 500,
     errors.InputError: 422,
     errors.BadRequest: 400,
+    errors.RequestTimeout: 408,
     errors.UnsupportedFormat: 415,
     errors.UploadTooLarge: 413,
     errors.JobNotFound: 404,
@@ -71,6 +74,8 @@ HTTP_STATUS: dict[type[Lift3dError], int] = {
     errors.DeadlineExceeded: 504,
     errors.Unavailable: 503,
     errors.QueueFull: 429,
+    # RFC 4918's Insufficient Storage: the request was fine, the disk is not.
+    errors.StorageFull: 507,
 }
 
 

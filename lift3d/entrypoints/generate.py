@@ -41,6 +41,7 @@ def _job_options(args: argparse.Namespace):  # noqa: ANN202 - JobOptions, import
         texture_size=getattr(args, "texture_size", None),
         texture=getattr(args, "texture", None),
         pipeline=getattr(args, "pipeline", None),
+        reconstruct_model=getattr(args, "reconstruct_model", None),
     )
 
 

@@ -109,7 +109,7 @@ def pipeline_paths(pipeline: str, settings: EngineSettings, lock: WeightsLock | 
     wanted += [a.path for a in lock.artifacts if a.path.startswith(ZERO123PLUS_DIR + "/")]
     if settings.multiview.variant == "instantmesh":
         wanted.append(INSTANTMESH_UNET)
-    wanted.append(reconstruct_path(settings.reconstruct.model))
+    wanted += [reconstruct_path(model) for model in settings.reconstruct.loaded_models]
     return wanted
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lift3d.errors import PipelineNotLoaded
+from lift3d.errors import InvalidOption, PipelineNotLoaded
 from lift3d.settings import EngineSettings
 from pipeline.engine import Engine
 from pipeline.events import CancelToken, ProgressBus
@@ -153,6 +153,11 @@ def test_a_pipeline_the_profile_does_not_load_is_refused_naming_the_loaded_ones(
     assert resolve_options(JobOptions(), EngineSettings(profile="fast")).pipeline == "fast"
     assert resolve_options(JobOptions(), EngineSettings(profile="all")).pipeline == "multiview"
     assert resolve_options(JobOptions(pipeline="fast"), EngineSettings(profile="all")).pipeline == "fast"
+    # reconstruct_model picks InstantMesh's model: meaningless for TripoSR, so refused rather than recorded.
+    assert resolve_options(JobOptions(), EngineSettings(profile="fast")).reconstruct_model == ""
+    with pytest.raises(InvalidOption) as wrong:
+        resolve_options(JobOptions(pipeline="fast", reconstruct_model="instant-nerf-base"), EngineSettings(profile="all"))
+    assert wrong.value.code == "invalid_reconstruct_model"
 
 
 def _glb_extras(glb: bytes) -> dict:
