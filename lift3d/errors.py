@@ -173,6 +173,17 @@ class WeightsCorrupt(Unavailable):
     code = "weights_corrupt"
 
 
+class StorageUnavailable(Unavailable):
+    """The result store cannot be reached or refuses requests (after the client's own retries).
+
+    Retryable: a job that finished while the store was down fails with this code
+    (its model was not stored), and a later resubmission can succeed.
+    """
+
+    code = "storage_unavailable"
+    retry_after_seconds = 30
+
+
 class DataDirInUse(Unavailable):
     """Another live lift3d process owns this data directory (its start-up would fail its jobs)."""
 
@@ -193,6 +204,12 @@ class ResultDecryptionError(ResultStoreError):
     """
 
     code = "result_undecryptable"
+
+
+class ResultStoreConfigError(ResultStoreError):
+    """``LIFT3D_RESULTS`` or a companion setting names no usable store (a start-up error)."""
+
+    code = "invalid_result_store"
 
 
 class EncryptionKeyError(ResultStoreError):

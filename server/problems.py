@@ -71,6 +71,7 @@ HTTP_STATUS: dict[type[Lift3dError], int] = {
     errors.DeadlineExceeded: 504,
     errors.Unavailable: 503,
     errors.QueueFull: 429,
+    errors.StorageUnavailable: 503,
 }
 
 

@@ -73,7 +73,7 @@ def _job_view(svc: Services, job_id: str) -> JobView:
             live_progress=live.progress,
             queue_position=svc.manager.queue_position(job_id),
         )
-    return job_view(record)
+    return job_view(record, downloads=svc.storage.download_links(record))
 
 
 # -- jobs ----------------------------------------------------------------------
@@ -310,15 +310,19 @@ async def healthz() -> Health:
 
 @get("/readyz", opt=PUBLIC, summary="Readiness: models loaded and warm, not draining", tags=["system"])
 async def readyz(state: State) -> Response[Health]:
-    manager = services(state).manager
-    if manager.ready:
+    svc = services(state)
+    manager = svc.manager
+    store_problem = await anyio.to_thread.run_sync(svc.storage.store_problem)
+    if manager.ready and store_problem is None:
         return Response(Health(status="ready"))
-    if manager.draining:
+    if manager.ready:
+        detail = store_problem
+    elif manager.draining:
         detail = "draining"
     elif manager.load_error is not None:
         detail = manager.load_error.code
     else:
-        detail = "warming_up"
+        detail = getattr(manager, "phase", "warming_up")
     return Response(Health(status="unavailable", detail=detail), status_code=503)
 
 

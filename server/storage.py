@@ -36,6 +36,7 @@ from lift3d.errors import (
     JobNotSucceeded,
     ResultExpired,
     ResultNotFound,
+    StorageUnavailable,
 )
 from lift3d.settings import StorageSettings
 from server.jobstore import ACTIVE, JobRecord, JobStore, new_job_id, replayed
@@ -45,6 +46,8 @@ from server.webhooks import WebhookNotifier, check_webhook_request
 log = logging.getLogger("lift3d.storage")
 
 LOCK_FILENAME = "lift3d.lock"
+# /readyz asks the result store at most this often (a HEAD on a bucket is a network call).
+STORE_CHECK_SECONDS = 5.0
 
 
 class NewJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +117,8 @@ class Storage:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Jobs the previous process left unfinished: their webhooks go out once the loop runs.
         self._interrupted_ids: list[str] = []
+        self._store_checked: tuple[float, str | None] | None = None
+        self.notifier.download_links = self.download_links
 
     # -- start-up and shutdown ---------------------------------------------
 
@@ -205,6 +210,11 @@ class Storage:
             for name, data in artifacts.items():
                 self.results.put(job_id, name, data)
             record = self.store.finish(job_id, "succeeded", self.clock(), artifacts=sorted(artifacts), **fields)
+        except StorageUnavailable as error:
+            # Loud, never silent: the job fails with this code and the finished model is gone with it.
+            log.error("job %s finished but its results could not be stored: %s", job_id, error.message)
+            self._delete_results_if_reachable(job_id)
+            raise StorageUnavailable(f"the model was generated but could not be stored ({error.message}); resubmit") from error
         except BaseException:
             self._delete_results(job_id)
             raise
@@ -258,6 +268,30 @@ class Storage:
         if record.status != "succeeded":
             raise JobNotSucceeded(f"the job {record.status}; it has no result")
         return record
+
+    def download_links(self, record: JobRecord) -> dict[str, str]:
+        """Presigned URLs of a succeeded job's artifacts when the store allows them (provider encryption)."""
+        if record.status != "succeeded":
+            return {}
+        links = {}
+        for name in record.artifacts:
+            url = self.results.download_url(record.id, name)
+            if url is not None:
+                links[name] = url
+        return links
+
+    def store_problem(self) -> str | None:
+        """Why the result store cannot take results now (an error code), or None; cached a few seconds."""
+        now = time.monotonic()
+        if self._store_checked is not None and now - self._store_checked[0] < STORE_CHECK_SECONDS:
+            return self._store_checked[1]
+        try:
+            self.results.check()
+            problem = None
+        except StorageUnavailable as error:
+            problem = error.code
+        self._store_checked = (now, problem)
+        return problem
 
     def read(self, job_id: str, name: str) -> bytes:
         """A live artifact (``model.glb``, ``views.png``); a typed 404/409 otherwise."""
@@ -322,6 +356,12 @@ class Storage:
             except Exception:  # noqa: BLE001 - one bad sweep must not end sweeping
                 log.exception("retention sweep failed")
             await asyncio.sleep(self.sweep_interval)
+
+    def _delete_results_if_reachable(self, job_id: str) -> None:
+        try:
+            self._delete_results(job_id)
+        except StorageUnavailable:
+            log.warning("job %s: partial results left in the store for the start-up sweep", job_id)
 
     def _delete_results(self, job_id: str) -> int:
         try:

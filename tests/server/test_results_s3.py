@@ -1,0 +1,133 @@
+"""The S3 result store against moto's S3 server (a subprocess on 127.0.0.1): both encryption modes,
+deletion, the orphan sweep, presigned URLs through a plain HTTP client, and outages as typed 503s."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import httpx
+import pytest
+
+from lift3d.errors import ResultNotFound, ResultStoreConfigError, StorageUnavailable
+from lift3d.settings import StorageSettings
+from server.problems import http_status
+from server.results import KeyRing, decrypt, generate_key_text, open_result_store
+from server.results_s3 import S3ResultStore, parse_results_url
+from tests.support.lifecycle import free_port
+from tests.support.moto_s3 import MotoS3, moto_fixture
+
+GLB = b"glTF" + (2).to_bytes(4, "little") + os.urandom(3000)
+KEY = generate_key_text()
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):  # type: ignore[no-untyped-def]
+    yield from moto_fixture(tmp_path_factory)
+
+
+def store_on(moto: MotoS3, prefix: str, *, client_side: bool = True, **options) -> S3ResultStore:  # type: ignore[no-untyped-def]
+    ring = KeyRing([base64.b64decode(KEY)]) if client_side else None
+    return S3ResultStore(moto.client(), moto.bucket, prefix, ring=ring, **options)
+
+
+def test_results_url_parsing() -> None:
+    assert parse_results_url("s3://bucket/a/b/") == ("bucket", "a/b")
+    assert parse_results_url("s3://bucket") == ("bucket", "")
+    with pytest.raises(ResultStoreConfigError):
+        parse_results_url("s3:///prefix")
+    with pytest.raises(ResultStoreConfigError):
+        open_result_store(StorageSettings(results="gs://bucket"))
+
+
+def test_client_mode_stores_only_ciphertext(moto: MotoS3) -> None:
+    store = store_on(moto, "client-mode")
+    assert store.put("job1", "model.glb", GLB) == len(GLB)
+    objects = moto.objects("client-mode/")
+    assert list(objects) == ["client-mode/job1/model.glb.enc"]
+    raw = objects["client-mode/job1/model.glb.enc"]
+    assert b"glTF" not in raw and GLB[100:164] not in raw
+    assert decrypt(KeyRing([base64.b64decode(KEY)]), "job1", "model.glb", raw) == GLB
+    assert store.get("job1", "model.glb") == GLB
+    assert store.download_url("job1", "model.glb") is None  # only this server can decrypt
+
+
+def test_provider_mode_uses_sse_and_presigned_urls(moto: MotoS3) -> None:
+    store = store_on(moto, "provider-mode", client_side=False, url_ttl_seconds=60)
+    store.put("job1", "model.glb", GLB)
+    head = moto.client().head_object(Bucket=moto.bucket, Key="provider-mode/job1/model.glb")
+    assert head["ServerSideEncryption"] == "AES256" and head["ContentType"] == "model/gltf-binary"
+    url = store.download_url("job1", "model.glb")
+    assert url is not None and "X-Amz-Signature=" in url and "X-Amz-Expires=60" in url
+    fetched = httpx.get(url)
+    assert fetched.status_code == 200 and fetched.content == GLB
+    # (moto does not check signatures, so a tampered URL cannot be tested against it.)
+
+
+def test_provider_mode_with_kms(moto: MotoS3) -> None:
+    store = store_on(moto, "kms-mode", client_side=False, sse="aws:kms", kms_key_id="alias/lift3d")
+    store.put("job1", "model.glb", GLB)
+    head = moto.client().head_object(Bucket=moto.bucket, Key="kms-mode/job1/model.glb")
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"].endswith("alias/lift3d")
+
+
+def test_delete_listing_and_missing(moto: MotoS3) -> None:
+    store = store_on(moto, "lifecycle")
+    for job_id in ("job-a", "job-b"):
+        store.put(job_id, "model.glb", GLB)
+    store.put("job-a", "views.png", b"\x89PNG views")
+    assert sorted(store.job_ids()) == ["job-a", "job-b"]
+    assert store.delete("job-a") == 2
+    assert sorted(store.job_ids()) == ["job-b"] and list(moto.objects("lifecycle/")) == ["lifecycle/job-b/model.glb.enc"]
+    assert store.delete("job-a") == 0
+    with pytest.raises(ResultNotFound):
+        store.get("job-a", "model.glb")
+    with pytest.raises(ResultNotFound):
+        store.get("../escape", "model.glb")
+
+
+def test_sweep_removes_strays_and_unfinished_uploads(moto: MotoS3) -> None:
+    store = store_on(moto, "sweep")
+    store.put("job-ok", "model.glb", GLB)
+    client = moto.client()
+    for stray in ("sweep/job-ok/model.glb", "sweep/loose-file", "sweep/job-ok/deep/x.enc"):
+        client.put_object(Bucket=moto.bucket, Key=stray, Body=b"stray")
+    client.put_object(Bucket=moto.bucket, Key="outside/keep", Body=b"not ours")
+    upload = client.create_multipart_upload(Bucket=moto.bucket, Key="sweep/job-x/model.glb.enc")
+    assert store.sweep_partial() == 4
+    assert list(moto.objects("sweep/")) == ["sweep/job-ok/model.glb.enc"]
+    assert "outside/keep" in moto.objects("outside/")
+    uploads = client.list_multipart_uploads(Bucket=moto.bucket, Prefix="sweep/").get("Uploads", [])
+    assert upload["UploadId"] not in [u["UploadId"] for u in uploads]
+
+
+def test_settings_go_through_the_aws_sdk_chain(moto: MotoS3, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    for name, value in moto.env().items():
+        monkeypatch.setenv(name, value)
+    settings = StorageSettings(data_dir=str(tmp_path), results="s3://lift3d-test/from-env", encryption_keys=(KEY,))
+    store = open_result_store(settings)
+    store.check()
+    store.put("job1", "model.glb", GLB)
+    assert list(moto.objects("from-env/")) == ["from-env/job1/model.glb.enc"]
+
+
+def test_an_unreachable_store_is_storage_unavailable(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    dead = MotoS3(tmp_path, port=free_port())  # never started: nothing listens there
+    for name, value in dead.env().items():
+        monkeypatch.setenv(name, value)
+    store = open_result_store(
+        StorageSettings(data_dir=str(tmp_path), results="s3://lift3d-test/x", encryption_keys=(KEY,))
+    )
+    for call in (store.check, lambda: store.put("job1", "model.glb", GLB), lambda: store.get("job1", "model.glb")):
+        with pytest.raises(StorageUnavailable) as caught:
+            call()
+        assert caught.value.code == "storage_unavailable" and http_status(caught.value) == 503
+        assert caught.value.retry_after_seconds
+
+
+def test_a_missing_bucket_is_storage_unavailable(moto: MotoS3) -> None:
+    store = S3ResultStore(moto.client(), "no-such-bucket", "", ring=None)
+    with pytest.raises(StorageUnavailable):
+        store.check()
+    with pytest.raises(StorageUnavailable):
+        store.put("job1", "model.glb", GLB)
