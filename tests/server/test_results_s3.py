@@ -131,3 +131,27 @@ def test_a_missing_bucket_is_storage_unavailable(moto: MotoS3) -> None:
         store.check()
     with pytest.raises(StorageUnavailable):
         store.put("job1", "model.glb", GLB)
+
+
+def test_presigned_urls_reach_the_job_view_and_the_webhook(moto: MotoS3, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from server.jobstore import JobRecord
+    from server.schemas import job_view
+    from server.storage import Storage
+    from server.webhooks import webhook_payload
+
+    store = store_on(moto, "links", client_side=False)
+    storage = Storage(StorageSettings(data_dir=str(tmp_path)), results=store)
+    store.put("job1", "model.glb", GLB)
+    store.put("job1", "views.png", b"\x89PNG views")
+    done = JobRecord(id="job1", created_at=0.0, retention_seconds=60, status="succeeded", artifacts=["model.glb", "views.png"])
+    downloads = storage.download_links(done)
+    view = job_view(done, downloads=downloads)
+    assert httpx.get(view.links.model_download).content == GLB
+    assert httpx.get(view.links.views_download).content == b"\x89PNG views"
+    links = webhook_payload(done, "https://api.example.com", downloads)["links"]
+    assert links["model_download"] == view.links.model_download and links["model"].startswith("https://api.example.com/")
+    failed = JobRecord(id="job2", created_at=0.0, retention_seconds=60, status="failed")
+    assert storage.download_links(failed) == {} and "model_download" not in webhook_payload(failed, "", {})["links"]
+    # Client-side encryption never hands out a bucket URL.
+    assert Storage(StorageSettings(data_dir=str(tmp_path / "c")), results=store_on(moto, "c")).download_links(done) == {}
+    storage.close()
