@@ -90,6 +90,10 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     sse_keepalive_seconds: float = 15.0
     # The built-in demo page at /demo (it holds no data and asks for an API key itself).
     demo: bool = True
+    # First start on a pod: fetch missing weights before loading (server/weights_gate.py).
+    pull_missing: bool = False
+    # ...including weights.lock entries not pinned yet (as `lift3d weights pull --allow-unverified`).
+    allow_unverified_weights: bool = False
 
 
 class StorageSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -180,6 +184,8 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_SHUTDOWN_GRACE_SECONDS": ("server.shutdown_grace_seconds", float),
     "LIFT3D_CORS_ORIGINS": ("server.cors_origins", _split_list),
     "LIFT3D_DEMO": ("server.demo", _flag),
+    "LIFT3D_PULL_MISSING": ("server.pull_missing", _flag),
+    "LIFT3D_ALLOW_UNVERIFIED": ("server.allow_unverified_weights", _flag),
     "LIFT3D_DATA_DIR": ("storage.data_dir", str),
     "LIFT3D_RETENTION_SECONDS": ("storage.default_retention_seconds", int),
     "LIFT3D_MAX_RETENTION_SECONDS": ("storage.max_retention_seconds", int),

@@ -26,6 +26,9 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "server__host": getattr(args, "host", None),
         "server__port": getattr(args, "port", None),
         "storage__data_dir": getattr(args, "data_dir", None),
+        # store_true flags: only a given flag overrides the environment.
+        "server__pull_missing": getattr(args, "pull_missing", None) or None,
+        "server__allow_unverified_weights": getattr(args, "allow_unverified_serve", None) or None,
     }
     return load_settings(**overrides)
 
@@ -38,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 on a pod)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--data-dir", help="job store and results (env LIFT3D_DATA_DIR)")
+    serve.add_argument(
+        "--pull-missing", action="store_true", help="fetch missing weights before loading (env LIFT3D_PULL_MISSING=1)"
+    )
+    serve.add_argument(
+        "--allow-unverified",
+        dest="allow_unverified_serve",
+        action="store_true",
+        help="with --pull-missing: also fetch entries weights.lock does not pin yet (env LIFT3D_ALLOW_UNVERIFIED=1)",
+    )
     _engine_flags(serve)
 
     generate = commands.add_parser("generate", help="turn one image into a GLB, with a progress bar")
