@@ -70,13 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_weights_arguments(weights)
     weights.add_argument("--weights-dir", help="where weight files live (env LIFT3D_WEIGHTS_DIR)")
 
-    worker = commands.add_parser("runpod-worker", help="run as a RunPod serverless worker")
+    worker = commands.add_parser(
+        "runpod-worker",
+        help="run as a RunPod serverless worker",
+        description="Any other flag goes to the RunPod SDK: --rp_serve_api, --rp_api_host, --rp_api_port, "
+        "--rp_api_concurrency, --rp_log_level, --rp_debugger, --test_input.",
+    )
     _engine_flags(worker)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # The RunPod SDK parses its own flags (--rp_serve_api, --test_input, ...): the worker passes them on.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "runpod-worker":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     settings = _settings_from(args)
     if args.command == "serve":
         from server.main import serve
@@ -93,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "runpod-worker":
         from lift3d.entrypoints.runpod_worker import start
 
-        return start(settings)
+        return start(settings, extra)
     return 2
 
 

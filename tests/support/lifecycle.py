@@ -191,37 +191,44 @@ class ServerProcess:
         raise AssertionError(f"job {job_id} not in {statuses} within {timeout}s: {view}\n{self.log_tail()}")
 
 
-def _serve_fake_engine() -> int:
-    """The server with stand-in model stages: 0.5 s per step, cancellable, a box GLB."""
-    import trimesh
+class StandInStages:
+    """The model stages of the fake engine: 0.5 s per step, cancellable, a box GLB (and views if asked)."""
 
+    name = "multiview"
+    progress_weight = 0.9
+
+    def load(self, runtime: object) -> None:
+        import trimesh
+
+        self.glb = trimesh.creation.box(extents=(1.0, 0.5, 0.25)).export(file_type="glb")
+
+    def run(self, job: Any, ctx: Any) -> None:
+        steps = job.options.steps
+        for step in range(steps):
+            ctx.check_cancelled()
+            time.sleep(0.5)
+            ctx.report(step + 1, steps, "step")
+        job.glb = self.glb
+        job.qa = {"vertices": 8, "faces": 12, "watertight": True}
+        if job.options.return_views:
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.new("RGB", (64, 96), (10, 200, 10)).save(buffer, format="PNG")
+            job.previews["views"] = buffer.getvalue()
+
+
+def fake_engine(settings: Any) -> Any:
     from pipeline.decode import DecodeStage
     from pipeline.engine import Engine
-    from server.main import serve
 
-    class StandInStages:
-        name = "multiview"
-        progress_weight = 0.9
+    return Engine(settings.engine, [DecodeStage(), StandInStages()])
 
-        def load(self, runtime: object) -> None:
-            self.glb = trimesh.creation.box(extents=(1.0, 0.5, 0.25)).export(file_type="glb")
 
-        def run(self, job: Any, ctx: Any) -> None:
-            steps = job.options.steps
-            for step in range(steps):
-                ctx.check_cancelled()
-                time.sleep(0.5)
-                ctx.report(step + 1, steps, "step")
-            job.glb = self.glb
-            job.qa = {"vertices": 8, "faces": 12, "watertight": True}
-            if job.options.return_views:
-                from PIL import Image
-
-                buffer = io.BytesIO()
-                Image.new("RGB", (64, 96), (10, 200, 10)).save(buffer, format="PNG")
-                job.previews["views"] = buffer.getvalue()
-
+def _serve_fake_engine() -> int:
+    """The server with stand-in model stages (``StandInStages``)."""
     from lift3d.entrypoints.cli import _settings_from, build_parser
+    from server.main import serve
 
     test_lock = os.environ.get("LIFT3D_TEST_WEIGHTS_LOCK")
     if test_lock:  # the pod tests' own lock, whose files a fake hub serves
@@ -229,8 +236,7 @@ def _serve_fake_engine() -> int:
 
         catalog.DEFAULT_LOCK_PATH = Path(test_lock)
     settings = _settings_from(build_parser().parse_args(["serve", *sys.argv[1:]]))
-    engine = Engine(settings.engine, [DecodeStage(), StandInStages()])
-    return serve(settings, engine, check_weights=bool(test_lock))
+    return serve(settings, fake_engine(settings), check_weights=bool(test_lock))
 
 
 if __name__ == "__main__":
