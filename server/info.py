@@ -31,7 +31,17 @@ def engine_models(settings: Settings) -> list[ModelInfo]:
     ]
 
 
-def build_info(settings: Settings, runtime: Runtime, ready: bool, models: list[ModelInfo]) -> Info:
+def background_provider(engine: object) -> str | None:
+    """Where the engine's background stage segments (None before it loaded, or without one)."""
+    for stage in getattr(engine, "stages", ()):
+        if stage.name == "background":
+            return getattr(stage, "provider", None)
+    return None
+
+
+def build_info(
+    settings: Settings, runtime: Runtime, ready: bool, models: list[ModelInfo], *, provider: str | None = None
+) -> Info:
     try:
         profile = profile_for(settings.engine)
     except LockError:
@@ -52,4 +62,5 @@ def build_info(settings: Settings, runtime: Runtime, ready: bool, models: list[M
             default_retention_seconds=settings.storage.default_retention_seconds,
             max_retention_seconds=settings.storage.max_retention_seconds,
         ),
+        background_provider=provider,
     )

@@ -19,7 +19,7 @@ from lift3d.errors import JobNotFound, UnsupportedFormat
 from lift3d.settings import Settings
 from pipeline.decode import decode_image
 from server.auth import PUBLIC
-from server.info import build_info
+from server.info import background_provider, build_info
 from server.jobstore import ACTIVE, ENDED
 from server.schemas import (
     MODEL_FILE,
@@ -335,7 +335,10 @@ async def metrics(state: State) -> Response[bytes]:
 @get("/v1/info", summary="Version, profile, device and pinned models", tags=["system"])
 async def info(state: State) -> Info:
     svc = services(state)
-    return build_info(svc.settings, svc.manager.engine.runtime, svc.manager.ready, svc.models)
+    engine = svc.manager.engine
+    return build_info(
+        svc.settings, engine.runtime, svc.manager.ready, svc.models, provider=background_provider(engine)
+    )
 
 
 ROUTES = [

@@ -87,6 +87,9 @@ class Info(msgspec.Struct, kw_only=True):
     ready: bool
     models: list[ModelInfo]
     limits: Limits
+    # The onnxruntime execution provider background removal runs on (CUDAExecutionProvider,
+    # CPUExecutionProvider; "none" for the weightless heuristic), null until the engine loaded.
+    background_provider: str | None = None
 
 
 class Health(msgspec.Struct, kw_only=True):
