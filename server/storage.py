@@ -306,13 +306,22 @@ class Storage:
         """Erase one job and its results: the record as it was, None if unknown or already erased.
 
         The caller cancels the job when it was queued or running (``record.status`` tells).
+        Results go first, so an unreachable store refuses the erasure (503) before anything
+        changed and the client can retry; then again after the record, for a result the
+        worker stored in between.
         """
+        self._delete_results(job_id)
         before = self.store.delete(job_id, self.clock())
         self._delete_results(job_id)
         return before
 
     def erase_owner(self, owner: str) -> list[JobRecord]:
-        """Erase every job and result of an owner (account deletion); the records as they were."""
+        """Erase every job and result of an owner (account deletion); the records as they were.
+
+        Results first and again after the records, as in ``erase_job``.
+        """
+        for record in self.store.list_by_owner(owner):
+            self._delete_results(record.id)
         erased = self.store.delete_owner(owner, self.clock())
         for record in erased:
             self._delete_results(record.id)

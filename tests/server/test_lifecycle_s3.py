@@ -152,6 +152,7 @@ def test_outage_fails_the_job_cleanly_and_the_server_recovers(tmp_path) -> None:
     image, _ = canary_image()
     try:
         with server.client() as client:
+            before = run_job(server, client, image)["id"]
             response = server.submit(client, image, steps=6)  # 3 s in the fake engine
             job_id = response.json()["id"]
             server.wait_for(client, job_id, {"running"})
@@ -162,10 +163,16 @@ def test_outage_fails_the_job_cleanly_and_the_server_recovers(tmp_path) -> None:
             ready = wait_ready(server, want=503)
             assert ready.json()["detail"] == "storage_unavailable"
             assert client.get(f"/v1/jobs/{job_id}/model.glb").status_code == 409
+            # Reads and erasures answer 503 and change nothing: the erasure can be retried.
+            assert client.get(f"/v1/jobs/{before}/model.glb").json()["code"] == "storage_unavailable"
+            refused = client.delete(f"/v1/jobs/{before}")
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "30"
+            assert client.get(f"/v1/jobs/{before}").json()["status"] == "succeeded"
 
             store.start()  # the provider is back (moto forgets objects; the bucket is made again)
             wait_ready(server, want=200)
             assert run_job(server, client, image)["status"] == "succeeded"
+            assert client.delete(f"/v1/jobs/{before}").status_code == 204
     finally:
         server.stop()
         store.stop()
