@@ -134,8 +134,13 @@ class Storage:
         if interrupted:
             log.warning("%d job(s) were interrupted by the previous shutdown", len(interrupted))
         self._interrupted_ids = [record.id for record in interrupted if record.webhook_url]
-        self.sweep_orphans()
-        self.sweep_expired()
+        try:
+            self.sweep_orphans()
+            self.sweep_expired()
+        except StorageUnavailable as error:
+            # Not fatal: a server that exits here restart-loops on a pod. /readyz reports the
+            # store; expiry retries on every sweep, the orphan sweep at the next start.
+            log.warning("start-up sweep skipped, the result store is unreachable: %s", error.message)
         return interrupted
 
     def start(self) -> None:

@@ -178,6 +178,24 @@ def test_outage_fails_the_job_cleanly_and_the_server_recovers(tmp_path) -> None:
         store.stop()
 
 
+def test_a_store_down_at_start_is_reported_not_fatal(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = MotoS3(tmp_path)  # not started yet: the bucket is unreachable when the server starts
+    server = ServerProcess(tmp_path / "data", env=s3_env(store, "client", "late")).start(ready=False)
+    try:
+        deadline = time.monotonic() + 30
+        while httpx.get(server.base_url + "/readyz").json().get("detail") != "storage_unavailable":
+            assert time.monotonic() < deadline, server.log_tail()  # warming_up first, then the store
+            time.sleep(0.2)
+        assert "start-up sweep skipped" in server.log_tail()
+        store.start()
+        wait_ready(server, want=200)
+        with server.client() as client:
+            assert run_job(server, client, canary_image()[0])["status"] == "succeeded"
+    finally:
+        server.stop()
+        store.stop()
+
+
 def wait_ready(server: ServerProcess, *, want: int, timeout: float = 30.0) -> httpx.Response:
     deadline = time.monotonic() + timeout
     while True:
