@@ -47,7 +47,7 @@ log = logging.getLogger("lift3d.storage")
 
 LOCK_FILENAME = "lift3d.lock"
 # /readyz asks the result store at most this often (a HEAD on a bucket is a network call).
-STORE_CHECK_SECONDS = 5.0
+STORE_CHECK_SECONDS = 2.0
 
 
 class NewJob(msgspec.Struct, frozen=True, kw_only=True):
