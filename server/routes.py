@@ -372,7 +372,7 @@ async def readyz(state: State) -> Response[Health]:
     elif manager.load_error is not None:
         detail = manager.load_error.code
     else:
-        detail = getattr(manager, "phase", "warming_up")
+        detail = manager.phase  # warming_up, or pulling_weights (server/weights_gate.py)
     return Response(Health(status="unavailable", detail=detail), status_code=503)
 
 

@@ -367,6 +367,8 @@ class Storage:
         while True:
             try:
                 await asyncio.to_thread(self.sweep_expired)
+            except StorageUnavailable as error:  # an outage: the next sweep retries, /readyz reports it
+                log.warning("retention sweep postponed: %s", error.message)
             except Exception:  # noqa: BLE001 - one bad sweep must not end sweeping
                 log.exception("retention sweep failed")
             await asyncio.sleep(self.sweep_interval)
