@@ -106,6 +106,9 @@ def test_settings_go_through_the_aws_sdk_chain(moto: MotoS3, tmp_path, monkeypat
         monkeypatch.setenv(name, value)
     settings = StorageSettings(data_dir=str(tmp_path), results="s3://lift3d-test/from-env", encryption_keys=(KEY,))
     store = open_result_store(settings)
+    # Endpoint and retries come from the SDK's own variables (AWS_ENDPOINT_URL_S3, AWS_MAX_ATTEMPTS).
+    assert store.client.meta.endpoint_url == moto.endpoint
+    assert store.client.meta.config.retries == {"mode": "standard", "total_max_attempts": 2}
     store.check()
     store.put("job1", "model.glb", GLB)
     assert list(moto.objects("from-env/")) == ["from-env/job1/model.glb.enc"]
@@ -155,3 +158,63 @@ def test_presigned_urls_reach_the_job_view_and_the_webhook(moto: MotoS3, tmp_pat
     # Client-side encryption never hands out a bucket URL.
     assert Storage(StorageSettings(data_dir=str(tmp_path / "c")), results=store_on(moto, "c")).download_links(done) == {}
     storage.close()
+
+
+class FlakyS3:
+    """An S3 endpoint that answers 503 SlowDown to the first ``failures`` requests, then 200."""
+
+    def __init__(self, failures: int) -> None:
+        import http.server
+        import threading
+
+        self.requests = 0
+        flaky = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                flaky.requests += 1
+                if flaky.requests <= failures:
+                    body = b"<Error><Code>SlowDown</Code><Message>slow down</Message></Error>"
+                    self.send_response(503)
+                else:
+                    body = b""
+                    self.send_response(200)
+                    self.send_header("ETag", '"etag"')
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(("attempts", "stored"), [("3", True), ("2", False)])
+def test_transient_errors_are_retried_with_backoff(attempts: str, stored: bool, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    flaky = FlakyS3(failures=2)
+    try:
+        for name, value in MotoS3(tmp_path).env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", flaky.endpoint)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", attempts)
+        store = open_result_store(
+            StorageSettings(data_dir=str(tmp_path), results="s3://bucket/p", encryption_keys=(KEY,))
+        )
+        if stored:
+            assert store.put("job1", "model.glb", GLB) == len(GLB)
+        else:
+            with pytest.raises(StorageUnavailable, match="SlowDown"):
+                store.put("job1", "model.glb", GLB)
+        assert flaky.requests == int(attempts)
+    finally:
+        flaky.close()
