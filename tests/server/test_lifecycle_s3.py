@@ -17,7 +17,7 @@ import uuid
 import httpx
 import pytest
 
-from server.results import KeyRing, decrypt, generate_key_text
+from server.results import KeyRing, decrypt, encrypt, generate_key_text
 from tests.support.lifecycle import ServerProcess, canary_image, data_files
 from tests.support.moto_s3 import MotoS3, moto_fixture
 
@@ -117,6 +117,25 @@ def test_owner_and_job_erasure_delete_the_objects(server: ServerProcess, moto: M
             assert job_objects(moto, server, job_id) == {}
         assert client.get(f"/v1/jobs/{b_job}/model.glb").status_code == 200
     assert job_objects(moto, server, b_job)
+
+
+def test_tampered_or_foreign_objects_fail_loudly(server: ServerProcess, moto: MotoS3) -> None:
+    """Client mode: an object the server's keys cannot open is a typed 500, never served bytes."""
+    if server.mode != "client":  # type: ignore[attr-defined]
+        pytest.skip("provider mode: the provider's own encryption, nothing of ours to authenticate")
+    image, _ = canary_image()
+    with server.client() as client:
+        job_id = run_job(server, client, image)["id"]
+        key = f"{server.prefix}/{job_id}/model.glb.enc"  # type: ignore[attr-defined]
+        blob = bytearray(moto.objects(key)[key])
+        blob[-20] ^= 0x80
+        moto.client().put_object(Bucket=moto.bucket, Key=key, Body=bytes(blob))
+        response = client.get(f"/v1/jobs/{job_id}/model.glb")
+        assert response.status_code == 500 and response.json()["code"] == "result_undecryptable"
+        assert b"glTF" not in response.content
+        foreign = KeyRing([base64.b64decode(generate_key_text())])
+        moto.client().put_object(Bucket=moto.bucket, Key=key, Body=encrypt(foreign, job_id, "model.glb", b"glTF-x"))
+        assert client.get(f"/v1/jobs/{job_id}/model.glb").json()["code"] == "result_undecryptable"
 
 
 def test_restart_keeps_results_and_sweeps_orphans_from_the_prefix(tmp_path, moto: MotoS3) -> None:  # type: ignore[no-untyped-def]
