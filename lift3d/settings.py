@@ -17,6 +17,8 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 BackgroundMode = Literal["auto", "on", "off"]
 TextureMode = Literal["uv", "vertex"]
+# InstantMesh reconstruction models: the NeRF variants and the FlexiCubes (mesh) variants.
+ReconstructModel = Literal["instant-nerf-base", "instant-nerf-large", "instant-mesh-base", "instant-mesh-large"]
 
 
 class DecodeSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,7 +42,11 @@ class MultiviewSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
-    model: Literal["instant-nerf-base", "instant-nerf-large"] = "instant-nerf-large"
+    # The server default; a job may pick any loaded model (``reconstruct_model`` option).
+    model: ReconstructModel = "instant-mesh-large"
+    # Loaded beside ``model`` so jobs can choose them; each costs its weights' memory.
+    extra_models: tuple[ReconstructModel, ...] = ()
+    # Density grid of the NeRF variants (the mesh variants use their own FlexiCubes grid, 128).
     grid_resolution: int = 256
     density_threshold: float = 10.0
     # With random weights (tiny/dummy) the density has no scale: the iso-level is
@@ -48,6 +54,11 @@ class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
     random_weights_iso_quantile: float = 0.7
     color_query_chunk: int = 262_144
     views: Literal[6, 4] = 6
+
+    @property
+    def loaded_models(self) -> tuple[str, ...]:
+        """The default first, then the extras, each once."""
+        return tuple(dict.fromkeys((self.model, *self.extra_models)))
 
 
 class FinishSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,6 +96,8 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     api_keys: tuple[str, ...] = ()
     queue_size: int = 8
     job_deadline_seconds: float = 600.0
+    # A running stage still inside its job this long past the deadline is declared hung (the watchdog).
+    watchdog_grace_seconds: float = 30.0
     shutdown_grace_seconds: float = 120.0
     cors_origins: tuple[str, ...] = ()
     sse_keepalive_seconds: float = 15.0
@@ -186,12 +199,14 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_BACKGROUND_MODEL": ("engine.background.model", str),
     "LIFT3D_STEPS": ("engine.multiview.steps", int),
     "LIFT3D_RECONSTRUCT_MODEL": ("engine.reconstruct.model", str),
+    "LIFT3D_RECONSTRUCT_EXTRA_MODELS": ("engine.reconstruct.extra_models", _split_list),
     "LIFT3D_GRID_RESOLUTION": ("engine.reconstruct.grid_resolution", int),
     "LIFT3D_HOST": ("server.host", str),
     "LIFT3D_PORT": ("server.port", int),
     "LIFT3D_API_KEYS": ("server.api_keys", _split_list),
     "LIFT3D_QUEUE_SIZE": ("server.queue_size", int),
     "LIFT3D_JOB_DEADLINE_SECONDS": ("server.job_deadline_seconds", float),
+    "LIFT3D_WATCHDOG_GRACE_SECONDS": ("server.watchdog_grace_seconds", float),
     "LIFT3D_SHUTDOWN_GRACE_SECONDS": ("server.shutdown_grace_seconds", float),
     "LIFT3D_CORS_ORIGINS": ("server.cors_origins", _split_list),
     "LIFT3D_DEMO": ("server.demo", _flag),

@@ -84,11 +84,16 @@ def serve(settings: Settings, engine: Engine | None = None, *, check_weights: bo
     from server.app import create_app
     from server.weights_gate import weights_step
 
+    from lift3d.errors import EncryptionKeyMissing
+
     try:
         # Missing weights never stop the process (a pod would restart-loop): they are pulled
         # (--pull-missing) or reported by /readyz as weights_missing.
         prepare = weights_step(settings) if (engine is None if check_weights is None else check_weights) else None
         app = create_app(settings, engine, prepare=prepare)
+    except EncryptionKeyMissing as error:  # a configuration problem, like the checks above
+        print(f"lift3d: {error.message}", file=sys.stderr)
+        return 2
     except Exception as error:  # noqa: BLE001 - one line for the operator, not a traceback
         log.error("cannot start: %s", error)
         return 1

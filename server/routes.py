@@ -361,19 +361,13 @@ async def healthz() -> Health:
 @get("/readyz", opt=PUBLIC, summary="Readiness: models loaded and warm, not draining", tags=["system"])
 async def readyz(state: State) -> Response[Health]:
     svc = services(state)
-    manager = svc.manager
-    store_problem = await anyio.to_thread.run_sync(svc.storage.store_problem)
-    if manager.ready and store_problem is None:
+    reason = svc.manager.not_ready_reason()
+    if reason is None:
+        # The result store last: a bucket that does not answer cannot take results (S3 only).
+        reason = await anyio.to_thread.run_sync(svc.storage.store_problem)
+    if reason is None:
         return Response(Health(status="ready"))
-    if manager.ready:
-        detail = store_problem
-    elif manager.draining:
-        detail = "draining"
-    elif manager.load_error is not None:
-        detail = manager.load_error.code
-    else:
-        detail = manager.phase  # warming_up, or pulling_weights (server/weights_gate.py)
-    return Response(Health(status="unavailable", detail=detail), status_code=503)
+    return Response(Health(status="unavailable", detail=reason), status_code=503)
 
 
 @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4", tags=["system"])

@@ -17,13 +17,14 @@ Life of one server::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import httpx
 import msgspec
@@ -34,12 +35,15 @@ from lift3d.errors import (
     JobNotFinished,
     JobNotFound,
     JobNotSucceeded,
+    Lift3dError,
     ResultExpired,
     ResultNotFound,
     StorageUnavailable,
+    Unavailable,
 )
 from lift3d.settings import StorageSettings
-from server.jobstore import ACTIVE, JobRecord, JobStore, new_job_id, replayed
+from server.faults import probe_write, storage_faults
+from server.jobstore import ACTIVE, OPERATIONAL_FIELDS, TERMINAL, JobRecord, JobStore, new_job_id, replayed
 from server.results import ResultStore, open_result_store
 from server.webhooks import WebhookNotifier, check_webhook_request
 
@@ -110,7 +114,8 @@ class Storage:
         settings.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd: int | None = None
         self.store = JobStore.in_data_dir(settings.data_path)
-        self.results = results if results is not None else open_result_store(settings)
+        # A lost key refuses the start (EncryptionKeyMissing) instead of failing every download later.
+        self.results = results if results is not None else open_result_store(settings, self.store.live_result_ids(clock()))
         self.notifier = WebhookNotifier(settings, self.store, client=http_client, base_url=base_url)
         self.sweep_interval = max(0.05, float(settings.sweep_interval_seconds))
         self._sweeper: asyncio.Task[None] | None = None
@@ -119,6 +124,10 @@ class Storage:
         self._interrupted_ids: list[str] = []
         self._store_checked: tuple[float, str | None] | None = None
         self.notifier.download_links = self.download_links
+        # The storage fault last seen (storage_full, too_many_open_files, ...); cleared by recover_faults.
+        self.fault: Lift3dError | None = None
+        # Endings the job store could not write, by job id: reads show them, recover_faults retries them.
+        self._pending_endings: dict[str, tuple[str, float, dict[str, Any]]] = {}
 
     # -- start-up and shutdown ---------------------------------------------
 
@@ -174,7 +183,8 @@ class Storage:
         """The job an Idempotency-Key already made for this same request (422 for a different one)."""
         if job.idempotency_key is None:
             return None
-        existing = self.store.find_by_idempotency_key(job.idempotency_key)
+        with self._faults():
+            existing = self.store.find_by_idempotency_key(job.idempotency_key)
         return replayed(existing, job.request_hash) if existing is not None else None
 
     def new_job(self, job: NewJob, *, job_id: str | None = None) -> tuple[JobRecord, bool]:
@@ -194,16 +204,19 @@ class Storage:
             request_hash=job.request_hash,
             weights_mode=job.weights_mode,
         )
-        return self.store.create(record)
+        with self._faults():
+            return self.store.create(record)
 
     # -- the worker's side -----------------------------------------------------
 
     def start_job(self, job_id: str) -> JobRecord | None:
         """queued -> running; None means skip it (cancelled or erased while queued)."""
-        return self.store.start(job_id, self.clock())
+        with self._faults():
+            return self.store.start(job_id, self.clock())
 
     def set_stage(self, job_id: str, stage: str) -> None:
-        self.store.update(job_id, stage=stage)
+        with self._faults():
+            self.store.update(job_id, stage=stage)
 
     def publish(self, job_id: str, artifacts: dict[str, bytes], **fields: Any) -> JobRecord | None:
         """Store a finished job's artifacts (encrypted), then mark it succeeded (starting its retention).
@@ -212,9 +225,10 @@ class Storage:
         removed again, so an erasure that races the worker always wins.
         """
         try:
-            for name, data in artifacts.items():
-                self.results.put(job_id, name, data)
-            record = self.store.finish(job_id, "succeeded", self.clock(), artifacts=sorted(artifacts), **fields)
+            with self._faults():
+                for name, data in artifacts.items():
+                    self.results.put(job_id, name, data)
+                record = self.store.finish(job_id, "succeeded", self.clock(), artifacts=sorted(artifacts), **fields)
         except StorageUnavailable as error:
             # Loud, never silent: the job fails with this code and the finished model is gone with it.
             log.error("job %s finished but its results could not be stored: %s", job_id, error.message)
@@ -230,7 +244,57 @@ class Storage:
     def end_job(
         self, job_id: str, status: Literal["failed", "cancelled"], code: str, message: str, **fields: Any
     ) -> JobRecord | None:
-        return self.store.finish(job_id, status, self.clock(), error_code=code, error_message=message, **fields)
+        """End a job as failed or cancelled; None when it was erased or had ended already.
+
+        When the job store cannot write (a full disk), the ending is kept here, shown by
+        reads and written by :meth:`recover_faults` once it can; the typed fault is raised.
+        """
+        now = self.clock()
+        fields = {"error_code": code, "error_message": message, **fields}
+        try:
+            with self._faults():
+                return self.store.finish(job_id, status, now, **fields)
+        except Unavailable:
+            self._pending_endings[job_id] = (status, now, fields)
+            raise
+
+    def ending_kept(self, job_id: str) -> bool:
+        """Whether an ending of this job waits for the job store to be writable again."""
+        return job_id in self._pending_endings
+
+    def recover_faults(self) -> bool:
+        """Periodic: once a test write succeeds, write the kept endings and clear the fault.
+
+        True when storage is healthy again (or never failed). Runs off the event loop.
+        """
+        if self.fault is None and not self._pending_endings:
+            return True
+        try:
+            with self._faults():
+                probe_write(self.settings.data_path)
+                for job_id, (status, now, fields) in list(self._pending_endings.items()):
+                    record = self.store.finish(job_id, status, now, **fields)  # type: ignore[arg-type]
+                    self._pending_endings.pop(job_id, None)
+                    if record is not None:
+                        self.notify(job_id)
+        except Unavailable:
+            return False
+        if self.fault is not None:
+            log.warning("storage recovered from %s", self.fault.code)
+        self.fault = None
+        return True
+
+    @contextlib.contextmanager
+    def _faults(self) -> Iterator[None]:
+        """Storage faults as typed errors, remembered in ``fault`` for readiness."""
+        try:
+            with storage_faults():
+                yield
+        except Unavailable as error:
+            if self.fault is None or self.fault.code != error.code:
+                log.error("storage fault: %s (%s)", error.code, type(error.__cause__).__name__)
+            self.fault = error
+            raise
 
     def notify(self, job_id: str) -> None:
         """Send the job-ended webhook (if any), from the loop or from the worker thread."""
@@ -250,13 +314,30 @@ class Storage:
     # -- reads -----------------------------------------------------------------
 
     def job(self, job_id: str) -> JobRecord:
-        record = self.store.get(job_id)
+        """The record as clients see it now: a kept ending applied, and expired once ``expires_at`` passed.
+
+        The sweeper erases on its own interval; the status follows the clock in between.
+        """
+        with self._faults():
+            record = self.store.get(job_id)
         if record is None:
             raise JobNotFound("no such job")
-        return record
+        pending = self._pending_endings.get(job_id)
+        if pending is not None and record.status in ACTIVE:
+            status, now, fields = pending
+            record = msgspec.structs.replace(record, status=status, finished_at=now, **fields)  # type: ignore[arg-type]
+        return self._as_of_now(record)
 
     def owner_jobs(self, owner: str) -> list[JobRecord]:
-        return self.store.list_by_owner(owner)
+        with self._faults():
+            records = self.store.list_by_owner(owner)
+        return [record for record in records if self._as_of_now(record).status != "expired"]
+
+    def _as_of_now(self, record: JobRecord) -> JobRecord:
+        if record.status in TERMINAL and record.expires_at is not None and record.expires_at <= self.clock():
+            kept = {name: getattr(record, name) for name in OPERATIONAL_FIELDS}
+            return JobRecord(**{**kept, "status": "expired"})
+        return record
 
     def result_record(self, job_id: str) -> JobRecord:
         """The record of a job whose results can be read now; the typed reason otherwise.
@@ -303,7 +384,8 @@ class Storage:
         record = self.result_record(job_id)
         if name not in record.artifacts:
             raise ResultNotFound("no such result")
-        return self.results.get(job_id, name)
+        with self._faults():
+            return self.results.get(job_id, name)
 
     # -- erasure and expiry --------------------------------------------------------
 
@@ -316,7 +398,9 @@ class Storage:
         worker stored in between.
         """
         self._delete_results(job_id)
-        before = self.store.delete(job_id, self.clock())
+        with self._faults():
+            before = self.store.delete(job_id, self.clock())
+        self._pending_endings.pop(job_id, None)
         self._delete_results(job_id)
         return before
 
@@ -325,10 +409,14 @@ class Storage:
 
         Results first and again after the records, as in ``erase_job``.
         """
-        for record in self.store.list_by_owner(owner):
+        with self._faults():
+            live = self.store.list_by_owner(owner)
+        for record in live:
             self._delete_results(record.id)
-        erased = self.store.delete_owner(owner, self.clock())
+        with self._faults():
+            erased = self.store.delete_owner(owner, self.clock())
         for record in erased:
+            self._pending_endings.pop(record.id, None)
             self._delete_results(record.id)
         log.info("erased %d job(s) of an owner", len(erased))
         return erased
