@@ -14,17 +14,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lift3d.settings import load_settings
+from lift3d.settings import EngineSettings, load_settings
 from lift3d.weights.catalog import INSTANTMESH_UNET, ZERO123PLUS_DIR, reconstruct_path, rembg_path
 from server.weights_gate import pull_argv, serve_hint, weights_step
 from tests.support.fake_hub import FakeHub, FakeHubServer
 from tests.support.lifecycle import ServerProcess, canary_image
 
+# What the default locked configuration reads (engine_paths), as small files.
 FILES = {
     rembg_path("u2netp"): b"rembg bytes " * 1000,
     f"{ZERO123PLUS_DIR}/unet/config.json": b'{"fake": true}',
     INSTANTMESH_UNET: b"unet bytes " * 2000,
-    reconstruct_path("instant-nerf-large"): b"nerf bytes " * 3000,
+    **{reconstruct_path(m): f"{m} bytes ".encode() * 3000 for m in EngineSettings().reconstruct.loaded_models},
 }
 
 
@@ -77,7 +78,7 @@ def test_pull_missing_fetches_the_profile_then_turns_ready(tmp_path: Path, hub: 
         for name, body in FILES.items():
             assert (weights / name).read_bytes() == body
         log = server.log_tail(20000)
-        assert "pulling 4 missing weight file(s) of profile 'quality'" in log
+        assert f"pulling {len(FILES)} missing weight file(s) of profile 'quality'" in log
         assert "installed" in log and "weights of profile 'quality' in place" in log
     finally:
         assert server.stop() == 0
