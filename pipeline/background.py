@@ -63,8 +63,11 @@ class RembgSegmenter:
     def __init__(self, weights_dir: Path, model: str, prefer_cuda: bool) -> None:
         from models.background import load_session
 
+        from models.background import session_provider
+
         self.name = model
         self._session = load_session(weights_dir, model, prefer_cuda=prefer_cuda)
+        self.provider = session_provider(self._session)
 
     def mask(self, image: Image.Image) -> Image.Image:
         # The session's predict() rather than rembg.remove(): remove() re-applies EXIF
@@ -82,6 +85,7 @@ class BorderColourSegmenter:
     """
 
     name = "border-colour-heuristic"
+    provider = "none"  # plain numpy, no onnxruntime session
 
     def __init__(self, threshold: float = 40.0) -> None:
         self.threshold = threshold
@@ -190,6 +194,11 @@ class BackgroundStage:
         twin = BackgroundStage(self._segmenter, output_size=output_size)
         twin._shares = self
         return twin
+
+    @property
+    def provider(self) -> str | None:
+        """Where segmentation runs (an onnxruntime execution provider), once loaded; for /v1/info."""
+        return getattr(self._segmenter, "provider", None)
 
     def load(self, runtime: Runtime) -> None:
         if self._segmenter is None and self._shares is not None:
