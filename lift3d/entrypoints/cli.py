@@ -26,13 +26,14 @@ def _engine_flags(parser: argparse.ArgumentParser) -> None:
 def _profile_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
+        dest="server_profile",  # not the weights subcommand's --profile, which names a weights.lock profile
         choices=["fast", "quality", "all"],
         help="pipelines to load: fast (TripoSR, commercial use allowed), quality (multiview), all (env LIFT3D_PROFILE; default quality)",
     )
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
-    profile = getattr(args, "profile", None)
+    profile = getattr(args, "server_profile", None)
     if profile is None and getattr(args, "pipeline", None) is not None:
         # generate loads just the pipeline it runs.
         profile = {"fast": "fast", "multiview": "quality"}[args.pipeline]
