@@ -64,6 +64,7 @@ class RembgSegmenter:
 
         self.name = model
         self._session = load_session(weights_dir, model, prefer_cuda=prefer_cuda)
+        self.on_device = self._session.inner_session.get_providers()[0] == "CUDAExecutionProvider"
 
     def mask(self, image: Image.Image) -> Image.Image:
         # The session's predict() rather than rembg.remove(): remove() re-applies EXIF
@@ -180,10 +181,13 @@ class BackgroundStage:
 
     def __init__(self, segmenter: Segmenter | None = None) -> None:
         self._segmenter = segmenter
+        # The host lane, unless the segmenter runs on the GPU (pipeline/lanes.py).
+        self.lane = "host"
 
     def load(self, runtime: Runtime) -> None:
         if self._segmenter is None:
             self._segmenter = self._load_segmenter(runtime)
+        self.lane = "device" if getattr(self._segmenter, "on_device", False) else "host"
 
     @staticmethod
     def _load_segmenter(runtime: Runtime) -> Segmenter:

@@ -70,6 +70,7 @@ def intra_op_threads(count: int | None) -> Iterator[None]:
 class MultiviewStage:
     name: ClassVar[str] = "multiview"
     progress_weight: ClassVar[float] = 0.55
+    lane: ClassVar[str] = "device"
     reads: ClassVar[frozenset[str]] = frozenset({"cutout"})
     writes: ClassVar[frozenset[str]] = frozenset({"views", "views_grid", "previews", "metadata"})
 

@@ -114,6 +114,9 @@ class SubSteps:
 class ReconstructStage:
     name: ClassVar[str] = "reconstruct"
     progress_weight: ClassVar[float] = 1.0
+    # The finishing stage's colour query reads this job's triplanes on the device from the
+    # host lane: a short burst of small kernels, cheaper than a round trip through this lane.
+    lane: ClassVar[str] = "device"
     reads: ClassVar[frozenset[str]] = frozenset({"views"})
     writes: ClassVar[frozenset[str]] = frozenset({"mesh", "metadata", "qa"})
 

@@ -1,8 +1,9 @@
 """The bounded job queue and the one GPU worker thread that drains it.
 
 The event loop only enqueues and reads state; all engine work (load, warm-up,
-jobs) happens on the worker thread, so HTTP never blocks on the GPU. Uploads
-live only in ``LiveJob.image`` and are dropped on every ending path.
+jobs) happens on the worker thread and, with ``engine.overlap``, the device lane
+it starts (pipeline/lanes.py), so HTTP never blocks on the GPU. Uploads live only
+in ``LiveJob.image`` and are dropped on every ending path.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from lift3d.errors import (
     ShuttingDown,
 )
 from lift3d.settings import Settings
-from pipeline.engine import Engine
+from pipeline.engine import Engine, EngineJob
+from pipeline.lanes import LaneJob, Lanes
 from pipeline.events import CancelToken, ProgressEvent
 from pipeline.options import JobOptions
 from pipeline.state import VIEWS_PREVIEW, JobResult
@@ -102,7 +104,8 @@ class JobManager:
         self.metrics = Metrics(storage.store.count_by_status, lambda: len(self._queue))
         self._queue: collections.deque[LiveJob] = collections.deque()
         self._live: dict[str, LiveJob] = {}
-        self._running: LiveJob | None = None
+        # Jobs taken from the queue and not yet ended: one per lane and hand-off slot at most.
+        self._active: dict[str, LiveJob] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -133,14 +136,12 @@ class JobManager:
             self._queue.clear()
         for job in waiting:
             self._end_unstarted(job, SHUTTING_DOWN, "the server shut down before the job started")
-        running = self._running
-        if running is not None:
-            log.info("draining: waiting up to %.0fs for job %s", grace_seconds, running.id)
+        if self._active:
+            log.info("draining: waiting up to %.0fs for jobs %s", grace_seconds, sorted(self._active))
         deadline = time.monotonic() + grace_seconds
-        while self._running is not None and time.monotonic() < deadline:
+        while self._active and time.monotonic() < deadline:
             time.sleep(0.05)
-        running = self._running
-        if running is not None:
+        for running in list(self._active.values()):
             running.cancel.cancel(SHUTTING_DOWN)
             log.warning("draining: grace period over, cancelling job %s", running.id)
         with self._cond:
@@ -193,7 +194,7 @@ class JobManager:
     def queue_position(self, job_id: str) -> int | None:
         """1 for the next job to run, 0 while running, None once it is not in the queue."""
         with self._cond:
-            if self._running is not None and self._running.id == job_id:
+            if job_id in self._active:
                 return 0
             for index, job in enumerate(self._queue):
                 if job.id == job_id:
@@ -217,10 +218,10 @@ class JobManager:
     def retry_after_seconds(self) -> int:
         """When a queue slot should free: what is left of the running job, from measured service time."""
         service = self._service_seconds or self._warmup_seconds or DEFAULT_SERVICE_SECONDS
-        running = self._running
+        started = [job.run_started for job in list(self._active.values()) if job.run_started is not None]
         remaining = service
-        if running is not None and running.run_started is not None:
-            remaining = service - (time.monotonic() - running.run_started)
+        if started:
+            remaining = service - (time.monotonic() - min(started))
         return int(min(3600, max(1, math.ceil(remaining))))
 
     def forget(self, records: list[JobRecord]) -> None:
@@ -245,22 +246,25 @@ class JobManager:
 
     def _work(self) -> None:
         self._load_engine()
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                job = self._queue.popleft()
-                self._running = job
-                job.run_started = time.monotonic()
-            try:
-                self._run(job)
-            finally:
-                job.image = None
-                with self._cond:
-                    self._running = None
-                    self._live.pop(job.id, None)
+        lanes = Lanes(
+            self._cond, self._take, self._lane_job, lambda: self._stopping, overlap=self.settings.engine.overlap
+        )
+        lanes.run()
+
+    def _take(self) -> LiveJob | None:
+        """The next queued job, now active (the lanes call this with ``_cond`` held)."""
+        if not self._queue:
+            return None
+        job = self._queue.popleft()
+        self._active[job.id] = job
+        job.run_started = time.monotonic()
+        return job
+
+    def _release(self, job: LiveJob) -> None:
+        job.image = None
+        with self._cond:
+            self._active.pop(job.id, None)
+            self._live.pop(job.id, None)
 
     def _load_engine(self) -> None:
         try:
@@ -277,26 +281,47 @@ class JobManager:
             self.load_error = EngineUnavailable(f"the engine failed to load ({type(error).__name__})")
             log.exception("engine failed to load")
 
-    def _run(self, job: LiveJob) -> None:
-        if self.load_error is not None:
-            self._end_unstarted(job, self.load_error.code, self.load_error.message)
-            return
-        if time.monotonic() > job.deadline:
-            # Never touches the GPU: the job waited past its deadline.
-            self._end_unstarted(job, DeadlineExceeded.code, "the job waited in the queue past its deadline")
-            return
-        if self.storage.start_job(job.id) is None:  # erased while it waited
-            return
-        self.metrics.queue_wait_seconds.observe(time.monotonic() - job.enqueued_at)
-        job.status = "running"
-        job.notify()
-        started = time.monotonic()
-        image, job.image = job.image, None
+    def _lane_job(self, job: LiveJob) -> LaneJob | None:
+        """On the host lane: refuse a job that must not run, else its engine parts and its ending."""
+        run: EngineJob | None = None
+        try:
+            if self.load_error is not None:
+                self._end_unstarted(job, self.load_error.code, self.load_error.message)
+                return None
+            if time.monotonic() > job.deadline:
+                # Never touches the GPU: the job waited past its deadline.
+                self._end_unstarted(job, DeadlineExceeded.code, "the job waited in the queue past its deadline")
+                return None
+            if self.storage.start_job(job.id) is None:  # erased while it waited
+                return None
+            self.metrics.queue_wait_seconds.observe(time.monotonic() - job.enqueued_at)
+            job.status = "running"
+            job.notify()
+            started = time.monotonic()
+            image, job.image = job.image, None
+            run = self.engine.begin(image, job.options, progress=self._progress_handler(job), cancel=job.cancel)
+            del image
+            return LaneJob(run.lane_parts(), lambda error: self._job_done(job, run, started, error), name=job.id)
+        finally:
+            if run is None:
+                self._release(job)
+
+    def _job_done(self, job: LiveJob, run: EngineJob, started: float, error: BaseException | None) -> None:
+        try:
+            self._run(job, run, started, error)
+        finally:
+            run.close()
+            self._release(job)
+
+    def _run(self, job: LiveJob, run: EngineJob, started: float, error: BaseException | None) -> None:
+        """The job's last host part: publish its result, or record how it failed."""
         outcome: tuple[str, str, str] | None = None
         record: JobRecord | None = None
         try:
-            result = self.engine.run(image, job.options, progress=self._progress_handler(job), cancel=job.cancel)
-            image = None
+            if error is not None:
+                raise error
+            result = run.result()
+            run.close()
             record = self._publish(job, result)
             for stage, seconds in result.timings.items():
                 self.metrics.stage_seconds.labels(stage).observe(seconds)
@@ -310,8 +335,6 @@ class JobManager:
         except Exception as error:  # noqa: BLE001 - a failed job, never a dead worker
             log.exception("job %s failed unexpectedly (%s)", job.id, type(error).__name__)
             outcome = ("failed", "internal_error", "internal error")
-        finally:
-            image = None
         elapsed = time.monotonic() - started
         self.metrics.job_seconds.observe(elapsed)
         if outcome is None:
