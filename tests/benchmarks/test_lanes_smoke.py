@@ -7,13 +7,20 @@ import json
 from pathlib import Path
 
 from benchmarks import bench_lanes
+from pipeline.engine import warmup_image_png
 
 
 def test_bench_lanes_smoke_overlaps_and_writes_its_results(tmp_path: Path) -> None:
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for index in range(2):
+        (photos / f"disc-{index}.png").write_bytes(warmup_image_png(256 + 64 * index))
     payload = bench_lanes.main(
         [
             "--jobs", "3", "--faces", "6000", "--target-faces", "1000", "--texture-size", "512",
-            "--device-steps", "4", "--device-factor", "1.5", "--write", "--smoke", "--out", str(tmp_path),
+            "--device-steps", "4", "--device-factor", "1.5", "--images", str(photos),
+            "--weights-dir", str(tmp_path / "no-weights"),  # the border-colour segmenter: fast
+            "--write", "--smoke", "--out", str(out),
         ]
     )
     serial, overlapped = payload["serial"], payload["overlapped"]
@@ -26,9 +33,9 @@ def test_bench_lanes_smoke_overlaps_and_writes_its_results(tmp_path: Path) -> No
     # The serial busy fraction follows from the measured parts: device / (device + host) per job.
     host, device = serial["host_s_per_job"]["median"], payload["device_seconds"]
     assert abs(serial["device_busy_fraction"] - device / (device + host)) < 0.15
-    files = sorted(path.name for path in tmp_path.iterdir())
+    files = sorted(path.name for path in out.iterdir())
     assert len(files) == 2 and all(name.startswith("smoke-lanes-standin-cpu-") for name in files)
-    written = json.loads((tmp_path / files[0]).read_text())
+    written = json.loads((out / files[0]).read_text())
     assert written["environment"]["git"]["commit"] and written["environment"]["command"]
     assert {"date_utc", "device"} <= set(written["environment"])
-    assert "| overlapped |" in (tmp_path / files[1]).read_text()
+    assert "| overlapped |" in (out / files[1]).read_text()
