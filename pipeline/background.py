@@ -59,11 +59,11 @@ class Segmenter(Protocol):
 class RembgSegmenter:
     """A resident rembg session (see models.background): loaded once, never downloads."""
 
-    def __init__(self, weights_dir: Path, model: str, prefer_cuda: bool) -> None:
+    def __init__(self, weights_dir: Path, model: str, prefer_cuda: bool, threads: int | None = None) -> None:
         from models.background import load_session
 
         self.name = model
-        self._session = load_session(weights_dir, model, prefer_cuda=prefer_cuda)
+        self._session = load_session(weights_dir, model, prefer_cuda=prefer_cuda, threads=threads)
         self.on_device = self._session.inner_session.get_providers()[0] == "CUDAExecutionProvider"
 
     def mask(self, image: Image.Image) -> Image.Image:
@@ -198,7 +198,7 @@ class BackgroundStage:
         # In dummy/tiny mode the real (small) model is still used when its file is there;
         # only its absence falls back to the labelled heuristic. Locked mode always needs the file.
         if runtime.weights_mode == "locked" or model_file(weights_dir, settings.model).is_file():
-            return RembgSegmenter(weights_dir, settings.model, prefer_cuda=runtime.is_cuda)
+            return RembgSegmenter(weights_dir, settings.model, prefer_cuda=runtime.is_cuda, threads=runtime.cpu_threads)
         log.warning("no rembg %s file in %s: %s mode uses the border-colour heuristic", settings.model, weights_dir, runtime.weights_mode)
         return BorderColourSegmenter()
 

@@ -95,7 +95,7 @@ def missing_weights_problem(settings: Settings) -> str | None:
 
 
 def serve(settings: Settings, engine: Engine | None = None) -> int:
-    prepare_process()
+    prepare_process(cpu_threads=settings.engine.cpu_threads)
     problem = data_dir_problem(settings) or (missing_weights_problem(settings) if engine is None else None)
     if problem is not None:
         print(f"lift3d: {problem}", file=sys.stderr)

@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = _settings_from(args)
+    if args.command != "weights":
+        from lift3d.process import resolve_cpu_threads, set_thread_environment
+
+        # Before torch and numpy load below: OpenMP and BLAS read their thread counts once.
+        set_thread_environment(resolve_cpu_threads(settings.engine.cpu_threads))
     if args.command == "serve":
         from server.main import serve
 

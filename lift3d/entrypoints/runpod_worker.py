@@ -229,7 +229,7 @@ def start(settings: Settings) -> int:
     from pipeline.engine import Engine
 
     # Workers never reach the Hub: weights are baked into the image or on the network volume.
-    prepare_process()
+    prepare_process(cpu_threads=settings.engine.cpu_threads)
     engine = Engine(settings.engine)
     started = time.perf_counter()
     engine.load()
