@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -67,7 +67,7 @@ class FinishSettings(msgspec.Struct, frozen=True, kw_only=True):
     charts: Literal["box", "xatlas"] = "box"
     # zlib level of the texture PNG: 1 encodes a 1024² texture about 3x faster than 6 for a
     # few percent more bytes (benchmarks/results/finish.md).
-    png_compression: int = 1
+    png_compression: Annotated[int, msgspec.Meta(ge=0, le=9)] = 1
 
 
 class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -70,6 +70,7 @@ class FinishStage:
             debris_fraction=settings.debris_fraction,
             scale=settings.scale,
             charts=settings.charts,
+            png_compression=settings.png_compression,
         )
         result = finish_mesh(
             job.mesh.vertices,

@@ -17,7 +17,7 @@ from pipeline.finish.bake import BakedTexture, bake_texture, query_colours
 from pipeline.finish.clean import clean_mesh
 from pipeline.finish.color import srgb_to_linear
 from pipeline.finish.decimate import decimate
-from pipeline.finish.export import export_glb
+from pipeline.finish.export import DEFAULT_PNG_COMPRESSION, export_glb
 from pipeline.finish.frame import FrameTransform, fit_frame
 from pipeline.finish.qa import mesh_qa
 from pipeline.finish.unwrap import ChartMethod, UVMesh, unwrap
@@ -37,6 +37,7 @@ class FinishOptions:
     debris_fraction: float = 0.05
     scale: float = 1.0  # largest extent in metres
     charts: ChartMethod = "box"
+    png_compression: int = DEFAULT_PNG_COMPRESSION  # zlib level of the texture PNG
 
 
 @dataclass
@@ -108,6 +109,7 @@ def finish_mesh(
             uvs=uv_mesh.uvs,
             texture=baked.image,
             extras=extras,
+            png_compression=options.png_compression,
         )
     else:
         step_done("unwrap")  # vertex colours need no UV layout
