@@ -19,6 +19,7 @@ from lift3d.errors import Lift3dError
 from pipeline.lanes import DEVICE, HOST, Lane
 from pipeline.events import CancelToken, ProgressBus, ProgressEvent, ProgressHandler
 from pipeline.options import JobOptions, resolve_options
+from pipeline.precision import apply_tf32
 from pipeline.runtime import Runtime
 from pipeline.stage import Stage, StageContext
 from pipeline.state import JobResult, JobState
@@ -114,6 +115,7 @@ class Engine:
         with self._load_lock:
             if self.loaded:
                 return
+            apply_tf32(self.runtime)
             for stage in self.stages:
                 started = time.perf_counter()
                 stage.load(self.runtime)

@@ -30,6 +30,7 @@ from models.instantmesh.cameras import view_indices, zero123plus_cameras
 from models.instantmesh.loading import LoadReport, load_for_mode
 from lift3d.errors import EmptyReconstruction, Lift3dError
 from models.isosurface.marching_cubes import marching_cubes
+from pipeline.precision import compile_modules, field_precision, lrm_autocast, lrm_autocast_dtype
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import ColorQuery, JobState, ReconstructedMesh
@@ -125,6 +126,7 @@ class ReconstructStage:
         self.grid_resolution_cap = grid_resolution_cap
         self.load_report: LoadReport | None = None
         self.model_name = ""
+        self.compiled: list[str] = []
 
     def load(self, runtime: Runtime) -> None:
         settings = runtime.settings.reconstruct
@@ -138,6 +140,9 @@ class ReconstructStage:
                 self.grid_resolution_cap = model.config.mesh_resolution
         else:
             self.model_name = type(self.model).__name__
+        self.compiled = compile_modules(
+            runtime, [(f"lrm.{name}", getattr(self.model, name)) for name in ("encoder", "transformer") if hasattr(self.model, name)]
+        )
 
     def grid_resolution(self, settings: ReconstructSettings) -> int:
         resolution = settings.grid_resolution
@@ -165,15 +170,20 @@ class ReconstructStage:
         substeps = SubSteps(ctx)
         images = self._views(job, device, settings.views)
         cameras = zero123plus_cameras(1, views=settings.views).to(device)
-        tokens = model.encode(images, cameras)
+        with lrm_autocast(runtime):
+            tokens = model.encode(images, cameras)
         substeps.done("encode")
-        planes = model.planes_from_tokens(tokens, 1)
+        with lrm_autocast(runtime):
+            planes = model.planes_from_tokens(tokens, 1)
+        # The field reads fp32 triplanes: its density is what the iso-level thresholds.
+        planes = planes.float()
         del tokens
         substeps.done("transformer")
 
         resolution = self.grid_resolution(settings)
         chunk = settings.color_query_chunk
-        grid = model.synthesizer.density_grid(planes, resolution, chunk=chunk, between_chunks=ctx.check_cancelled)[0]
+        with field_precision(runtime):
+            grid = model.synthesizer.density_grid(planes, resolution, chunk=chunk, between_chunks=ctx.check_cancelled)[0]
         level, rule = choose_iso_level(grid, weights_mode=runtime.weights_mode, settings=settings)
         if runtime.weights_mode != "locked":
             grid = close_at_border(grid, level)
@@ -190,7 +200,8 @@ class ReconstructStage:
         world = (vertices.to(device) / (resolution - 1) * 2 - 1).float()
         substeps.done("marching cubes")
 
-        vertex_rgb = model.synthesizer.rgb(planes, world.unsqueeze(0), chunk=chunk)[0].clamp(0.0, 1.0)
+        with field_precision(runtime):
+            vertex_rgb = model.synthesizer.rgb(planes, world.unsqueeze(0), chunk=chunk)[0].clamp(0.0, 1.0)
         substeps.done("colour query")
 
         job.mesh = ReconstructedMesh(
@@ -205,6 +216,8 @@ class ReconstructStage:
             "model": self.model_name,
             "weights_mode": runtime.weights_mode,
             "views": settings.views,
+            "lrm_precision": str(lrm_autocast_dtype(runtime) or torch.float32).removeprefix("torch."),
+            "field_precision": "float32",
             "grid_resolution": resolution,
             "iso_level": level,
             "iso_rule": rule,
