@@ -299,7 +299,11 @@ class JobManager:
             job.notify()
             started = time.monotonic()
             image, job.image = job.image, None
-            run = self.engine.begin(image, job.options, progress=self._progress_handler(job), cancel=job.cancel)
+            try:
+                run = self.engine.begin(image, job.options, progress=self._progress_handler(job), cancel=job.cancel)
+            except Exception as error:  # noqa: BLE001 - recorded as the job's failure, like a stage's
+                self._run(job, None, started, error)
+                return None
             del image
             return LaneJob(run.lane_parts(), lambda error: self._job_done(job, run, started, error), name=job.id)
         finally:
@@ -313,13 +317,14 @@ class JobManager:
             run.close()
             self._release(job)
 
-    def _run(self, job: LiveJob, run: EngineJob, started: float, error: BaseException | None) -> None:
+    def _run(self, job: LiveJob, run: EngineJob | None, started: float, error: BaseException | None) -> None:
         """The job's last host part: publish its result, or record how it failed."""
         outcome: tuple[str, str, str] | None = None
         record: JobRecord | None = None
         try:
             if error is not None:
                 raise error
+            assert run is not None
             result = run.result()
             run.close()
             record = self._publish(job, result)
