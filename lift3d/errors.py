@@ -33,6 +33,12 @@ class BadRequest(InputError):
     code = "bad_request"
 
 
+class RequestTimeout(BadRequest):
+    """The request body stopped arriving, or took longer than the body timeout (408)."""
+
+    code = "request_timeout"
+
+
 class EmptyImage(InputError):
     code = "empty_image"
 
@@ -85,6 +91,12 @@ class NoForeground(InputError):
 
 class InvalidOption(InputError):
     code = "invalid_option"
+
+
+class InvalidOwner(InvalidOption):
+    """An owner id outside the grammar in server/owners.py (at submit, or in an owner route)."""
+
+    code = "invalid_owner"
 
 
 class IdempotencyKeyReused(InvalidOption):
@@ -152,6 +164,12 @@ class QueueFull(Unavailable):
     def __init__(self, message: str, *, retry_after_seconds: int) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class UploadsBusy(QueueFull):
+    """The bytes of uploads being received at once would pass the server's budget (429, from the headers)."""
+
+    code = "uploads_busy"
 
 
 class ShuttingDown(Unavailable):

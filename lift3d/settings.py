@@ -108,6 +108,17 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     sse_keepalive_seconds: float = 15.0
     # The built-in demo page at /demo (it holds no data and asks for an API key itself).
     demo: bool = True
+    # URL prefixes the RunPod worker may fetch image_url from even when they resolve to
+    # private/loopback addresses (everything public is allowed; see docs/security.md).
+    image_url_allowlist: tuple[str, ...] = ()
+    # Connection limits (server/limits.py, docs/security.md).
+    max_connections: int = 256
+    header_timeout_seconds: float = 10.0
+    keep_alive_seconds: float = 5.0
+    body_idle_timeout_seconds: float = 15.0
+    body_timeout_seconds: float = 120.0
+    # Bytes of uploads being read at once; 0 = queue_size x max_upload_bytes.
+    max_upload_bytes_in_flight: int = 0
 
 
 class StorageSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -193,6 +204,13 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_SHUTDOWN_GRACE_SECONDS": ("server.shutdown_grace_seconds", float),
     "LIFT3D_CORS_ORIGINS": ("server.cors_origins", _split_list),
     "LIFT3D_DEMO": ("server.demo", _flag),
+    "LIFT3D_IMAGE_URL_ALLOWLIST": ("server.image_url_allowlist", _split_list),
+    "LIFT3D_MAX_CONNECTIONS": ("server.max_connections", int),
+    "LIFT3D_HEADER_TIMEOUT_SECONDS": ("server.header_timeout_seconds", float),
+    "LIFT3D_KEEP_ALIVE_SECONDS": ("server.keep_alive_seconds", float),
+    "LIFT3D_BODY_IDLE_TIMEOUT_SECONDS": ("server.body_idle_timeout_seconds", float),
+    "LIFT3D_BODY_TIMEOUT_SECONDS": ("server.body_timeout_seconds", float),
+    "LIFT3D_MAX_UPLOAD_BYTES_IN_FLIGHT": ("server.max_upload_bytes_in_flight", int),
     "LIFT3D_DATA_DIR": ("storage.data_dir", str),
     "LIFT3D_RETENTION_SECONDS": ("storage.default_retention_seconds", int),
     "LIFT3D_MAX_RETENTION_SECONDS": ("storage.max_retention_seconds", int),

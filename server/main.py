@@ -107,6 +107,8 @@ def serve(settings: Settings, engine: Engine | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - one line for the operator, not a traceback
         log.error("cannot start: %s", error)
         return 1
+    from server.limits import header_timeout_protocol
+
     manager = app.state.services.manager
     config = uvicorn.Config(
         app,
@@ -118,6 +120,10 @@ def serve(settings: Settings, engine: Engine | None = None) -> int:
         proxy_headers=False,
         timeout_graceful_shutdown=CONNECTION_CLOSE_SECONDS,
         lifespan="on",
+        # Connection limits (server/limits.py): h11 with a header deadline, a connection cap, short keep-alive.
+        http=header_timeout_protocol(settings.server.header_timeout_seconds),
+        limit_concurrency=settings.server.max_connections,
+        timeout_keep_alive=settings.server.keep_alive_seconds,
     )
     server = DrainingServer(config, lambda: manager.drain(settings.server.shutdown_grace_seconds))
     log.info(

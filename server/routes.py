@@ -15,12 +15,14 @@ from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
-from lift3d.errors import JobNotFound, UnsupportedFormat
+from lift3d.errors import BadRequest, JobNotFound, QueueFull, UnsupportedFormat
 from lift3d.settings import Settings
 from pipeline.decode import decode_image
+from pipeline.wipe import wipe_image
 from server.auth import PUBLIC
 from server.info import build_info
 from server.jobstore import ACTIVE, ENDED
+from server.owners import owner_from_raw_path
 from server.schemas import (
     MODEL_FILE,
     VIEWS_FILE,
@@ -34,9 +36,11 @@ from server.schemas import (
     job_view,
 )
 from server.submission import parse_submission
+from server.limits import UploadBudget, timed_chunks
 from server.uploads import (
     FORM_OVERHEAD_BYTES,
     RAW_IMAGE_TYPES,
+    Upload,
     check_declared_length,
     read_multipart_image,
     read_raw_image,
@@ -56,6 +60,11 @@ class Services:
     storage: Storage
     # What /v1/info lists, read from weights.lock once at start-up.
     models: list[ModelInfo] = field(default_factory=list)
+    upload_budget: UploadBudget | None = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.upload_budget is None:
+            self.upload_budget = UploadBudget.from_settings(self.settings)
 
 
 def services(state: State) -> Services:
@@ -132,20 +141,51 @@ async def submit_job(
     webhook_url: Annotated[str | None, QueryParameter(description="allow-listed URL told when the job ends")] = None,
 ) -> Response[JobAccepted]:
     svc = services(state)
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise BadRequest("the Idempotency-Key header is empty: send a key, or no header", code="invalid_idempotency_key")
     cap = svc.settings.engine.decode.max_upload_bytes
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "multipart/form-data":
-        check_declared_length(request.headers.get("content-length"), cap + FORM_OVERHEAD_BYTES, cap)
-        upload = await read_multipart_image(request.stream(), content_type, cap)
+        limit = cap + FORM_OVERHEAD_BYTES
     elif media_type in RAW_IMAGE_TYPES:
-        check_declared_length(request.headers.get("content-length"), cap, cap)
-        upload = await read_raw_image(request.stream(), cap)
+        limit = cap
     else:
         raise UnsupportedFormat(
             "send multipart/form-data with an `image` field, or a raw image/png, image/jpeg, image/webp or image/gif body"
         )
+    declared = check_declared_length(request.headers.get("content-length"), limit, cap)
+    # From the headers alone: a full queue, or too many bytes already arriving, refuse before the body is read.
+    _refuse_when_queue_full(svc, idempotency_key)
+    with svc.upload_budget.reserve(limit if declared is None else declared):
+        server = svc.settings.server
+        chunks = timed_chunks(
+            request.stream(), idle_s=server.body_idle_timeout_seconds, total_s=server.body_timeout_seconds
+        )
+        if media_type == "multipart/form-data":
+            upload = await read_multipart_image(chunks, content_type, cap, declared)
+        else:
+            upload = await read_raw_image(chunks, cap, declared)
+        return await _accept(request, svc, upload, idempotency_key)
 
+
+def _refuse_when_queue_full(svc: Services, idempotency_key: str | None) -> None:
+    manager = svc.manager
+    if manager.queue_depth() < svc.settings.server.queue_size:
+        return
+    # A replayed Idempotency-Key is answered with its job even when the queue is full.
+    if idempotency_key is not None and svc.storage.store.find_by_idempotency_key(idempotency_key) is not None:
+        return
+    manager.metrics.jobs_rejected.labels(QueueFull.code).inc()
+    raise QueueFull(
+        f"the queue is full ({svc.settings.server.queue_size} jobs waiting); retry later",
+        retry_after_seconds=manager.retry_after_seconds(),
+    )
+
+
+async def _accept(
+    request: Request[Any, Any, State], svc: Services, upload: Upload, idempotency_key: str | None
+) -> Response[JobAccepted]:
     # Query first, then form fields (the form wins); the raw strings are parsed in one place.
     fields = {key: value for key, value in request.query_params.items()}
     fields.update(upload.fields)
@@ -172,7 +212,9 @@ async def submit_job(
 
 def _validate_image(data: bytes, settings: Settings) -> None:
     """Decode once at submit so bad images are a 4xx now, not a failed job later."""
-    decode_image(data, settings.engine.decode).close()
+    decoded = decode_image(data, settings.engine.decode)
+    wipe_image(decoded)
+    decoded.close()
 
 
 @get("/v1/jobs/{job_id:str}", summary="A job's status, progress, timings and result", tags=["jobs"])
@@ -281,9 +323,16 @@ def _job_view_or_gone(svc: Services, job_id: str) -> JobView:
 # -- owners (data-subject requests) --------------------------------------------
 
 
+def _raw_path(request: Request[Any, Any, State]) -> bytes:
+    # The bytes the client sent: the router's path is already decoded and collapsed.
+    raw = request.scope.get("raw_path")
+    return raw if isinstance(raw, bytes) else request.scope["path"].encode()
+
+
 @get("/v1/owners/{owner:str}/jobs", summary="Every live job of an owner", tags=["owners"])
-async def list_owner_jobs(owner: FromPath[str], state: State) -> OwnerJobs:
+async def list_owner_jobs(owner: FromPath[str], request: Request[Any, Any, State], state: State) -> OwnerJobs:
     svc = services(state)
+    owner = owner_from_raw_path(_raw_path(request), owner, listing=True)
     records = svc.storage.owner_jobs(owner)
     return OwnerJobs(owner=owner, jobs=[_job_view(svc, record.id) for record in records])
 
@@ -294,8 +343,9 @@ async def list_owner_jobs(owner: FromPath[str], state: State) -> OwnerJobs:
     summary="Erase every job and result of an owner (account deletion)",
     tags=["owners"],
 )
-async def delete_owner(owner: FromPath[str], state: State) -> None:
+async def delete_owner(owner: FromPath[str], request: Request[Any, Any, State], state: State) -> None:
     svc = services(state)
+    owner = owner_from_raw_path(_raw_path(request), owner, listing=False)
     records = await anyio.to_thread.run_sync(svc.storage.erase_owner, owner)
     svc.manager.forget(records)
 

@@ -15,9 +15,8 @@ import msgspec
 from lift3d.settings import Settings
 from lift3d.errors import InvalidOption
 from pipeline.options import JobOptions, resolve_options
+from server.owners import check_owner
 from server.storage import NewJob, request_hash
-
-MAX_OWNER_CHARS = 200
 
 
 def _parse_bool(value: str) -> bool:
@@ -102,9 +101,8 @@ def parse_submission(fields: Mapping[str, str], settings: Settings) -> Submissio
     # Resolving here turns an out-of-range option into a 422 at submit time, not a failed job.
     resolve_options(options, settings.engine)
 
-    owner = values.get("owner") or None
-    if owner is not None and (len(owner) > MAX_OWNER_CHARS or not owner.isprintable()):
-        raise InvalidOption("owner must be a printable id of at most 200 characters", code="invalid_owner")
+    # The raw field, not the stripped value: " alice" is not "alice" (owner ids are never normalised).
+    owner = check_owner(fields["owner"]) if fields.get("owner") else None
     return Submission(
         options=options,
         owner=owner,

@@ -30,7 +30,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import httpx
 import msgspec
 
 from lift3d.process import prepare_process
@@ -38,6 +37,7 @@ from lift3d.settings import Settings
 from lift3d.errors import InputError, Lift3dError, UploadTooLarge
 from pipeline.events import ProgressEvent
 from pipeline.options import JobOptions
+from server.fetch import FetchFailed, FetchRefused, FetchTooLarge, fetch
 
 log = logging.getLogger("lift3d.runpod")
 
@@ -112,7 +112,7 @@ def parse_input(raw: Any) -> JobInput:
     return job_input
 
 
-def image_bytes(job_input: JobInput, max_bytes: int) -> bytes:
+def image_bytes(job_input: JobInput, max_bytes: int, allowlist: tuple[str, ...] = ()) -> bytes:
     if job_input.image_base64 is not None:
         text = job_input.image_base64
         if text.startswith("data:"):
@@ -123,24 +123,19 @@ def image_bytes(job_input: JobInput, max_bytes: int) -> bytes:
             return base64.b64decode(text, validate=True)
         except binascii.Error as error:
             raise InputError(f"image_base64 is not valid base64: {error}") from error
-    return fetch_image(job_input.image_url or "", max_bytes)
+    return fetch_image(job_input.image_url or "", max_bytes, allowlist)
 
 
-def fetch_image(url: str, max_bytes: int) -> bytes:
-    if not url.startswith(("https://", "http://")):
-        raise InputError("image_url must be an http(s) URL")
-    chunks, size = [], 0
+def fetch_image(url: str, max_bytes: int, allowlist: tuple[str, ...] = (), **fetch_options: Any) -> bytes:
+    """The image at ``url``: normalised, public addresses only (unless allow-listed), every redirect re-checked."""
     try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=IMAGE_FETCH_TIMEOUT_S) as response:
-            response.raise_for_status()
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise UploadTooLarge(f"the image at image_url is larger than {max_bytes} bytes")
-                chunks.append(chunk)
-    except httpx.HTTPError as error:
-        raise InputError(f"could not fetch image_url: {type(error).__name__}: {error}") from error
-    return b"".join(chunks)
+        return fetch(url, max_bytes=max_bytes, timeout_s=IMAGE_FETCH_TIMEOUT_S, allowlist=allowlist, **fetch_options)
+    except FetchRefused as refused:
+        raise InputError(f"image_url is not allowed: {refused}", code="image_url_not_allowed") from None
+    except FetchTooLarge:
+        raise UploadTooLarge(f"the image at image_url is larger than {max_bytes} bytes") from None
+    except FetchFailed as failed:
+        raise InputError(f"could not fetch image_url: {failed}", code="image_url_unreachable") from None
 
 
 class ThrottledProgress:
@@ -182,7 +177,7 @@ def make_handler(
         job_id = str(job.get("id") or uuid.uuid4())
         try:
             job_input = parse_input(job.get("input"))
-            data = image_bytes(job_input, settings.engine.decode.max_upload_bytes)
+            data = image_bytes(job_input, settings.engine.decode.max_upload_bytes, settings.server.image_url_allowlist)
             progress = ThrottledProgress(lambda update: send_progress(job, update))
             result = engine.run(data, job_input.options, progress=progress)
         except Lift3dError as error:

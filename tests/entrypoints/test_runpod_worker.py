@@ -118,11 +118,24 @@ def test_image_bytes_from_base64_and_data_url_with_limits() -> None:
 
 def test_image_url_is_fetched_with_a_size_cap(store: FakeStore) -> None:
     store.objects["/img.png"] = b"p" * 5000
-    assert image_bytes(JobInput(image_url=f"{store.url}/img.png"), 10_000) == b"p" * 5000
+    # The fake store listens on loopback: only an allow-list entry lets the worker reach it.
+    allow = (f"{store.url}/",)
+    assert image_bytes(JobInput(image_url=f"{store.url}/img.png"), 10_000, allow) == b"p" * 5000
     with pytest.raises(UploadTooLarge):
-        image_bytes(JobInput(image_url=f"{store.url}/img.png"), 1000)
+        image_bytes(JobInput(image_url=f"{store.url}/img.png"), 1000, allow)
     with pytest.raises(InputError, match="404"):
-        image_bytes(JobInput(image_url=f"{store.url}/missing.png"), 1000)
+        image_bytes(JobInput(image_url=f"{store.url}/missing.png"), 1000, allow)
+
+
+def test_image_url_on_loopback_is_refused_without_an_allow_list_entry(store: FakeStore) -> None:
+    store.objects["/img.png"] = b"p" * 50
+    for url in (f"{store.url}/img.png", store.url.replace("127.0.0.1", "localhost") + "/img.png"):
+        with pytest.raises(InputError) as info:
+            image_bytes(JobInput(image_url=url), 10_000)
+        assert info.value.code == "image_url_not_allowed"
+    with pytest.raises(InputError) as info:
+        image_bytes(JobInput(image_url=f"{store.url}/img.png"), 10_000, (f"{store.url}/other/",))
+    assert info.value.code == "image_url_not_allowed"
 
 
 def test_progress_is_throttled_but_every_stage_change_goes_out() -> None:
@@ -222,6 +235,7 @@ def test_local_test_mode_turns_a_real_photo_into_a_valid_glb(
         BUCKET_ACCESS_KEY_ID="AKIATEST",
         BUCKET_SECRET_ACCESS_KEY="secret",
         BUCKET_NAME="results",
+        LIFT3D_IMAGE_URL_ALLOWLIST=f"{store.url}/inputs/",
         OMP_NUM_THREADS="2",
     )
     completed = subprocess.run(

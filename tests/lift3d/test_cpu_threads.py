@@ -52,6 +52,7 @@ def test_prepare_process_applies_the_setting(monkeypatch):
     monkeypatch.setattr(process, "apply_cpu_threads", seen.append)
     monkeypatch.setattr(process, "configure_logging", lambda level: None)
     monkeypatch.setattr(process, "go_offline", lambda: None)
+    monkeypatch.setattr(process, "forbid_core_dumps", lambda: {})
     process.prepare_process(cpu_threads=1)
     assert seen == [1]
 
