@@ -197,6 +197,47 @@ class DataDirInUse(Unavailable):
     code = "data_dir_in_use"
 
 
+class WorkerStopped(Unavailable):
+    """The worker thread has stopped (a bug): nothing queued would ever run, so nothing is taken."""
+
+    code = "worker_stopped"
+
+
+class StageHung(Unavailable):
+    """A stage ran past its job's deadline without returning; the worker is stuck inside it."""
+
+    code = "stage_hung"
+    retry_after_seconds = 60
+
+
+class StorageFull(Unavailable):
+    """The data directory's disk (or quota) is full: nothing can be stored until space is freed."""
+
+    code = "storage_full"
+    retry_after_seconds = 60
+
+
+class TooManyOpenFiles(Unavailable):
+    """The process ran out of file descriptors (EMFILE/ENFILE); it recovers as connections close."""
+
+    code = "too_many_open_files"
+    retry_after_seconds = 10
+
+
+class StorageUnavailable(Unavailable):
+    """Any other failure of the job store or result store (I/O error, read-only disk)."""
+
+    code = "storage_unavailable"
+    retry_after_seconds = 30
+
+
+class GpuOutOfMemory(Unavailable):
+    """CUDA ran out of memory during a stage; the cache was freed and a retry may fit."""
+
+    code = "gpu_out_of_memory"
+    retry_after_seconds = 10
+
+
 # -- stored results ----------------------------------------------------------------
 
 
@@ -217,3 +258,13 @@ class EncryptionKeyError(ResultStoreError):
     """A configured key is not a base64-encoded 32-byte AES-256 key (a start-up error)."""
 
     code = "invalid_encryption_key"
+
+
+class EncryptionKeyMissing(EncryptionKeyError):
+    """Stored results name key ids that no configured key has (a start-up error, never a new key)."""
+
+    code = "encryption_key_missing"
+
+    def __init__(self, message: str, *, key_ids: list[str]) -> None:
+        super().__init__(message)
+        self.key_ids = key_ids

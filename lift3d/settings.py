@@ -103,6 +103,8 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     api_keys: tuple[str, ...] = ()
     queue_size: int = 8
     job_deadline_seconds: float = 600.0
+    # A running stage still inside its job this long past the deadline is declared hung (the watchdog).
+    watchdog_grace_seconds: float = 30.0
     shutdown_grace_seconds: float = 120.0
     cors_origins: tuple[str, ...] = ()
     sse_keepalive_seconds: float = 15.0
@@ -201,6 +203,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_API_KEYS": ("server.api_keys", _split_list),
     "LIFT3D_QUEUE_SIZE": ("server.queue_size", int),
     "LIFT3D_JOB_DEADLINE_SECONDS": ("server.job_deadline_seconds", float),
+    "LIFT3D_WATCHDOG_GRACE_SECONDS": ("server.watchdog_grace_seconds", float),
     "LIFT3D_SHUTDOWN_GRACE_SECONDS": ("server.shutdown_grace_seconds", float),
     "LIFT3D_CORS_ORIGINS": ("server.cors_origins", _split_list),
     "LIFT3D_DEMO": ("server.demo", _flag),

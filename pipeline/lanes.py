@@ -65,7 +65,7 @@ class LaneJob:
             self._next += 1
             try:
                 part()
-            except Exception as error:  # noqa: BLE001 - handed to done(), never lost
+            except BaseException as error:  # noqa: BLE001 - handed to done() on the host lane, never lost
                 self._error = error
 
     @property
@@ -114,6 +114,8 @@ class Lanes(Generic[T]):
         self._on_device: LaneJob | None = None
         # True while the host lane prepares an item it took: the device lane must not stop then.
         self._preparing = False
+        # Set when the host lane leaves (normally or not): the device lane then stops waiting.
+        self._closed = False
         self._device_thread: threading.Thread | None = None
 
     def in_flight(self) -> int:
@@ -134,6 +136,7 @@ class Lanes(Generic[T]):
             self._host_lane()
         finally:
             with self._cond:
+                self._closed = True
                 self._cond.notify_all()
             self._device_thread.join(timeout=10.0)
 
@@ -212,7 +215,7 @@ class Lanes(Generic[T]):
         while True:
             with self._cond:
                 while self._ready is None:
-                    if self._stopping() and not self._preparing:
+                    if self._closed or (self._stopping() and not self._preparing):
                         return
                     self._cond.wait()
                 job, self._ready = self._ready, None
@@ -222,7 +225,7 @@ class Lanes(Generic[T]):
             job.run_while(DEVICE)
             self._on_busy(DEVICE, False)
             with self._cond:
-                while self._finished is not None:
+                while self._finished is not None and not self._closed:
                     self._cond.wait()
                 self._finished = job
                 self._on_device = None

@@ -32,11 +32,14 @@ log = logging.getLogger("lift3d.server")
 DEADLINE_CHECK_SECONDS = 1.0
 
 
-async def _expire_queued_jobs(manager: JobManager) -> None:
+async def _tick_forever(manager: JobManager) -> None:
+    """The queue reaper, the stage watchdog and storage recovery (``JobManager.tick``), once a second."""
     while True:
         await asyncio.sleep(DEADLINE_CHECK_SECONDS)
-        if manager.queue_depth():
-            await anyio.to_thread.run_sync(manager.expire_queued)
+        try:
+            await anyio.to_thread.run_sync(manager.tick)
+        except Exception:  # noqa: BLE001 - one bad tick must not end the ticking
+            log.exception("periodic check failed")
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
@@ -60,7 +63,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
         await anyio.to_thread.run_sync(storage.recover)
         storage.start()
         manager.start()
-        reaper = asyncio.get_running_loop().create_task(_expire_queued_jobs(manager), name="deadline-reaper")
+        reaper = asyncio.get_running_loop().create_task(_tick_forever(manager), name="watchdog")
         try:
             yield
         finally:

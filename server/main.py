@@ -102,8 +102,13 @@ def serve(settings: Settings, engine: Engine | None = None) -> int:
         return 2
     from server.app import create_app
 
+    from lift3d.errors import EncryptionKeyMissing
+
     try:
         app = create_app(settings, engine)
+    except EncryptionKeyMissing as error:  # a configuration problem, like the checks above
+        print(f"lift3d: {error.message}", file=sys.stderr)
+        return 2
     except Exception as error:  # noqa: BLE001 - one line for the operator, not a traceback
         log.error("cannot start: %s", error)
         return 1

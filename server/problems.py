@@ -55,6 +55,7 @@ _TITLES = {
     500: "Internal server error",
     503: "Service unavailable",
     504: "Deadline exceeded",
+    507: "Insufficient storage",
 }
 
 # The one table from domain errors to HTTP statuses. The most specific class wins
@@ -73,6 +74,8 @@ HTTP_STATUS: dict[type[Lift3dError], int] = {
     errors.DeadlineExceeded: 504,
     errors.Unavailable: 503,
     errors.QueueFull: 429,
+    # RFC 4918's Insufficient Storage: the request was fine, the disk is not.
+    errors.StorageFull: 507,
 }
 
 

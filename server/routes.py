@@ -360,16 +360,10 @@ async def healthz() -> Health:
 
 @get("/readyz", opt=PUBLIC, summary="Readiness: models loaded and warm, not draining", tags=["system"])
 async def readyz(state: State) -> Response[Health]:
-    manager = services(state).manager
-    if manager.ready:
+    reason = services(state).manager.not_ready_reason()
+    if reason is None:
         return Response(Health(status="ready"))
-    if manager.draining:
-        detail = "draining"
-    elif manager.load_error is not None:
-        detail = manager.load_error.code
-    else:
-        detail = "warming_up"
-    return Response(Health(status="unavailable", detail=detail), status_code=503)
+    return Response(Health(status="unavailable", detail=reason), status_code=503)
 
 
 @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4", tags=["system"])

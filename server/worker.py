@@ -26,6 +26,9 @@ from lift3d.errors import (
     Lift3dError,
     QueueFull,
     ShuttingDown,
+    StageHung,
+    Unavailable,
+    WorkerStopped,
 )
 from lift3d.settings import Settings
 from pipeline.engine import Engine, EngineJob
@@ -33,6 +36,7 @@ from pipeline.lanes import LaneJob, Lanes
 from pipeline.events import CancelToken, ProgressEvent
 from pipeline.options import JobOptions
 from pipeline.state import VIEWS_PREVIEW, JobResult
+from server.faults import free_gpu_cache, job_failure
 from server.jobstore import JobRecord
 from server.metrics import Metrics
 from server.schemas import MODEL_FILE, VIEWS_FILE
@@ -114,6 +118,10 @@ class JobManager:
         self.load_error: Lift3dError | None = None
         self._service_seconds: float | None = None
         self._warmup_seconds: float | None = None
+        # Why the worker thread ended, if it ever does outside a drain (a bug: readiness says so).
+        self.stopped_reason: str | None = None
+        # The running job the watchdog failed because its stage never returned.
+        self._hung: LiveJob | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -123,7 +131,39 @@ class JobManager:
 
     @property
     def ready(self) -> bool:
-        return self.warmed.is_set() and not self.draining and self.load_error is None
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz says 503 (a code), or None when the server can take and run jobs."""
+        if self.draining:
+            return "draining"
+        refused = self._refusal()
+        if refused is not None:
+            return refused.code
+        if not self.warmed.is_set():
+            return "warming_up"
+        if self.storage.fault is not None:
+            return self.storage.fault.code
+        return None
+
+    def _refusal(self) -> Lift3dError | None:
+        """A state in which a new job would never run: submissions get this error (503)."""
+        if self.load_error is not None:
+            return self.load_error
+        thread = self._thread
+        if self.stopped_reason is not None or (thread is not None and not thread.is_alive() and not self._stopping):
+            return WorkerStopped(f"the worker stopped ({self.stopped_reason or 'unknown'}); restart the server")
+        hung = self._hung
+        if hung is not None:
+            return StageHung(f"a stage ({hung.stage or 'unknown'}) is stuck past its job's deadline; retry later")
+        return None
+
+    def tick(self) -> None:
+        """Once a second, off the event loop: the queue reaper, the stage watchdog, storage recovery."""
+        if self._queue:
+            self.expire_queued()
+        self._watch_running()
+        self.storage.recover_faults()
 
     def drain(self, grace_seconds: float) -> None:
         """Stop taking jobs: queued ones fail ``shutting_down``; the running one gets ``grace_seconds``.
@@ -166,15 +206,21 @@ class JobManager:
             if self.draining:
                 self.metrics.jobs_rejected.labels(SHUTTING_DOWN).inc()
                 raise ShuttingDown("the server is shutting down")
-            if self.load_error is not None:
-                raise self.load_error
+            refused = self._refusal()
+            if refused is not None:
+                self.metrics.jobs_rejected.labels(refused.code).inc()
+                raise refused
             if len(self._queue) >= self.settings.server.queue_size:
                 self.metrics.jobs_rejected.labels(QueueFull.code).inc()
                 raise QueueFull(
                     f"the queue is full ({self.settings.server.queue_size} jobs waiting); retry later",
                     retry_after_seconds=self.retry_after_seconds(),
                 )
-            record, created = self.storage.new_job(new_job)
+            try:
+                record, created = self.storage.new_job(new_job)
+            except Unavailable as error:  # storage_full (507) and the other storage faults
+                self.metrics.jobs_rejected.labels(error.code).inc()
+                raise
             if created:
                 deadline = time.monotonic() + self.settings.server.job_deadline_seconds
                 job = LiveJob(
@@ -245,11 +291,27 @@ class JobManager:
     # -- the worker thread -----------------------------------------------------
 
     def _work(self) -> None:
-        self._load_engine()
-        lanes = Lanes(
-            self._cond, self._take, self._lane_job, lambda: self._stopping, overlap=self.settings.engine.overlap
-        )
-        lanes.run()
+        try:
+            self._load_engine()
+            lanes = Lanes(
+                self._cond, self._take, self._lane_job, lambda: self._stopping, overlap=self.settings.engine.overlap
+            )
+            lanes.run()
+        except BaseException as error:  # noqa: BLE001 - recorded for /readyz, then the thread ends
+            # Only a BaseException (SystemExit, KeyboardInterrupt) or a bug in the loop gets here.
+            self.stopped_reason = type(error).__name__
+            log.critical("the worker thread stopped (%s); /readyz now answers 503", self.stopped_reason, exc_info=True)
+            for job in list(self._active.values()):
+                if job.status in ("queued", "running"):
+                    self._record_end(job, "failed", WorkerStopped.code, "the worker stopped while running this job")
+                    job.status = "failed"
+                    job.notify()
+            with self._cond:  # nobody will run these: fail them now rather than leave them queued forever
+                waiting = list(self._queue)
+                self._queue.clear()
+            for queued in waiting:
+                self._end_unstarted(queued, WorkerStopped.code, "the worker stopped before the job started")
+            raise
 
     def _take(self) -> LiveJob | None:
         """The next queued job, now active (the lanes call this with ``_cond`` held)."""
@@ -264,7 +326,64 @@ class JobManager:
         job.image = None
         with self._cond:
             self._active.pop(job.id, None)
+            if self._hung is job:
+                self._hung = None
+                log.warning("the hung stage of job %s returned; the worker runs again", job.id)
             self._live.pop(job.id, None)
+
+    def _guarded(self, job: LiveJob, step: Callable[[], Any]) -> Any:
+        """Run ``step`` of one job; whatever escapes (the store failing to record its ending included) fails only it."""
+        try:
+            return step()
+        except Exception as error:  # noqa: BLE001 - one failed job, never a dead worker
+            typed = job_failure(error) or (error if isinstance(error, Lift3dError) else None)
+            code = typed.code if typed is not None else "internal_error"
+            log.error("job %s could not be ended cleanly (%s, %s)", job.id, code, type(error).__name__, exc_info=typed is None)
+            # An ending a store fault kept already says why; otherwise record this one, best effort.
+            kept = self.storage.ending_kept(job.id)
+            if kept or self._record_end(job, "failed", code, typed.message if typed is not None else "internal error"):
+                job.status = "failed"
+            elif job.status in ("queued", "running"):
+                job.status = "failed"  # not recordable at all: the record says so after a restart
+            job.notify()
+            return None
+
+    def _record_end(self, job: LiveJob, status: str, code: str, message: str, **fields: Any) -> JobRecord | None:
+        """``Storage.end_job`` that never raises: a store fault keeps the ending for a later retry."""
+        try:
+            return self.storage.end_job(job.id, status, code, message, **fields)  # type: ignore[arg-type]
+        except Exception as error:  # noqa: BLE001 - Storage kept a storage fault's ending; a bug is logged
+            log.error("job %s: its ending (%s) could not be stored (%s)", job.id, code, type(error).__name__)
+            return None
+
+    def _watch_running(self) -> None:
+        """Fail a running job whose stage is still busy ``watchdog_grace_seconds`` past the deadline.
+
+        Python cannot stop a thread, and a second worker would share the models and the
+        GPU with the stuck one, so none is started: the job ends ``deadline_exceeded``
+        now, readiness and submissions say ``stage_hung``, and the worker carries on
+        with the queue if the stage ever returns (a restart frees it otherwise).
+        """
+        grace = self.settings.server.watchdog_grace_seconds
+        with self._cond:  # the lanes clear _active and _hung under this lock too
+            now = time.monotonic()
+            late = [
+                job for job in self._active.values()
+                if job.status == "running" and job.run_started is not None and now > job.deadline + grace
+            ]
+            if self._hung is not None or not late:
+                return
+            job = self._hung = late[0]
+        log.error("watchdog: job %s is stuck in stage %s past its deadline", job.id, job.stage)
+        job.cancel.cancel(DeadlineExceeded.code)  # a stage that checks again stops there
+        message = f"the job's {job.stage or 'current'} stage ran past the deadline and did not stop"
+        record = self._record_end(job, "failed", DeadlineExceeded.code, message, stage=job.stage)
+        if record is not None or self.storage.ending_kept(job.id):
+            job.status = "failed"
+            job.notify()
+        if record is not None:
+            self.metrics.jobs_finished.labels("failed").inc()
+            self.storage.notify(job.id)
 
     def _load_engine(self) -> None:
         try:
@@ -283,47 +402,55 @@ class JobManager:
 
     def _lane_job(self, job: LiveJob) -> LaneJob | None:
         """On the host lane: refuse a job that must not run, else its engine parts and its ending."""
-        run: EngineJob | None = None
         try:
-            if self.load_error is not None:
-                self._end_unstarted(job, self.load_error.code, self.load_error.message)
-                return None
-            if time.monotonic() > job.deadline:
-                # Never touches the GPU: the job waited past its deadline.
-                self._end_unstarted(job, DeadlineExceeded.code, "the job waited in the queue past its deadline")
-                return None
-            if self.storage.start_job(job.id) is None:  # erased while it waited
-                return None
-            self.metrics.queue_wait_seconds.observe(time.monotonic() - job.enqueued_at)
-            job.status = "running"
-            job.notify()
-            started = time.monotonic()
-            image, job.image = job.image, None
-            try:
-                run = self.engine.begin(image, job.options, progress=self._progress_handler(job), cancel=job.cancel)
-            except Exception as error:  # noqa: BLE001 - recorded as the job's failure, like a stage's
-                self._run(job, None, started, error)
-                return None
-            del image
-            return LaneJob(run.lane_parts(), lambda error: self._job_done(job, run, started, error), name=job.id)
+            return self._guarded(job, lambda: self._begin(job))
         finally:
-            if run is None:
+            if job.id in self._active and job.status != "running":
+                self._release(job)  # refused, erased or failed before a part ran
+
+    def _begin(self, job: LiveJob) -> LaneJob | None:
+        if self.load_error is not None:
+            self._end_unstarted(job, self.load_error.code, self.load_error.message)
+            return None
+        if time.monotonic() > job.deadline:
+            # Never touches the GPU: the job waited past its deadline.
+            self._end_unstarted(job, DeadlineExceeded.code, "the job waited in the queue past its deadline")
+            return None
+        if self.storage.start_job(job.id) is None:  # erased while it waited
+            return None
+        self.metrics.queue_wait_seconds.observe(time.monotonic() - job.enqueued_at)
+        job.status = "running"
+        job.notify()
+        started = time.monotonic()
+        image, job.image = job.image, None
+        try:
+            run = self.engine.begin(image, job.options, progress=self._progress_handler(job), cancel=job.cancel)
+        except Exception as error:  # noqa: BLE001 - recorded as the job's failure, like a stage's
+            self._job_done(job, None, started, error)
+            return None
+        del image
+        return LaneJob(run.lane_parts(), lambda error: self._job_done(job, run, started, error), name=job.id)
+
+    def _job_done(self, job: LiveJob, run: EngineJob | None, started: float, error: BaseException | None) -> None:
+        """The job's ending on the host lane: publish or record the failure, then drop everything."""
+        ended = False
+        try:
+            self._guarded(job, lambda: self._run(job, run, started, error))
+            ended = True
+        finally:
+            if run is not None:
+                run.close()
+            # A BaseException leaves the job active: the dying worker records it worker_stopped.
+            if ended:
                 self._release(job)
 
-    def _job_done(self, job: LiveJob, run: EngineJob, started: float, error: BaseException | None) -> None:
-        try:
-            self._run(job, run, started, error)
-        finally:
-            run.close()
-            self._release(job)
-
-    def _run(self, job: LiveJob, run: EngineJob | None, started: float, error: BaseException | None) -> None:
-        """The job's last host part: publish its result, or record how it failed."""
+    def _run(self, job: LiveJob, run: EngineJob | None, started: float, failure: BaseException | None) -> None:
+        """The job's last host part: publish its result, or record how it failed (``failure``)."""
         outcome: tuple[str, str, str] | None = None
         record: JobRecord | None = None
         try:
-            if error is not None:
-                raise error
+            if failure is not None:
+                raise failure
             assert run is not None
             result = run.result()
             run.close()
@@ -338,8 +465,17 @@ class JobManager:
         except Lift3dError as error:  # typed failures, deadline_exceeded included
             outcome = ("failed", error.code, error.message)
         except Exception as error:  # noqa: BLE001 - a failed job, never a dead worker
-            log.exception("job %s failed unexpectedly (%s)", job.id, type(error).__name__)
-            outcome = ("failed", "internal_error", "internal error")
+            typed = job_failure(error)  # CUDA out of memory, a full disk, no file descriptors left
+            if typed is None:
+                log.exception("job %s failed unexpectedly (%s)", job.id, type(error).__name__)
+                outcome = ("failed", "internal_error", "internal error")
+            else:
+                log.error("job %s failed: %s", job.id, typed.code)
+                outcome = ("failed", typed.code, typed.message)
+        if outcome is not None and outcome[1] == "gpu_out_of_memory":
+            if failure is not None:
+                failure.__traceback__ = None  # its frames held the tensors
+            free_gpu_cache()  # after the except block: the traceback that held the tensors is gone
         elapsed = time.monotonic() - started
         self.metrics.job_seconds.observe(elapsed)
         if outcome is None:
@@ -352,6 +488,8 @@ class JobManager:
             log.info("job %s succeeded in %.2fs", job.id, elapsed)
         else:
             status, code, message = outcome
+            if self._hung is job:
+                return  # the watchdog ended it already
             record = self.storage.end_job(job.id, status, code, message, stage=job.stage)  # type: ignore[arg-type]
             self._ended(job, status, record)
             log.info("job %s %s in %.2fs (%s)", job.id, status, elapsed, code)
@@ -379,16 +517,23 @@ class JobManager:
             stage_changed = event.stage != job.stage
             job.stage, job.progress = event.stage, event.fraction
             if stage_changed:
-                self.storage.set_stage(job.id, event.stage)
+                try:
+                    self.storage.set_stage(job.id, event.stage)
+                except Unavailable:
+                    pass  # the stage name is not worth a job: Storage remembered the fault for readiness
             job.notify()
 
         return on_progress
 
     def _end_unstarted(self, job: LiveJob, code: str, message: str) -> None:
         job.image = None
-        record = self.storage.end_job(job.id, "failed", code, message)
         with self._cond:
             self._live.pop(job.id, None)
+        record = self._record_end(job, "failed", code, message)
+        if record is None and self.storage.ending_kept(job.id):
+            job.status = "failed"
+            job.notify()
+            return
         self._ended(job, "failed", record)
         log.info("job %s failed before it started (%s)", job.id, code)
 
