@@ -119,3 +119,23 @@ def test_drain_ends_the_jobs_in_both_lanes(tmp_path):
     finally:
         gate.set()
         client.__exit__(None, None, None)
+
+
+def test_the_watchdog_fails_a_job_hung_in_the_device_lane(tmp_path):
+    from tests.server.test_faults import HangingStage, serve
+
+    class HangingDeviceStage(HangingStage):
+        lane = "device"
+
+    hang = HangingDeviceStage()
+    stages = (TimedStage(0.01), hang, BoxFinishStage())
+    for srv in serve(tmp_path, *stages, server__job_deadline_seconds=1.5, server__watchdog_grace_seconds=0.5):
+        hang.armed = True
+        job_id = srv.submit().json()["id"]
+        failed = srv.wait_ended(job_id, timeout=15)
+        assert failed["status"] == "failed" and failed["error"]["code"] == "deadline_exceeded"
+        assert srv.readyz().json()["detail"] == "stage_hung"
+        hang.release.set()  # the stuck call returns: the lanes take jobs again
+        wait_until(lambda: srv.readyz().status_code == 200, 10)
+        assert srv.job(job_id)["status"] == "failed", "the late stage must not overwrite the watchdog's ending"
+        assert srv.run_one()["status"] == "succeeded"
