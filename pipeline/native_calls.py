@@ -126,6 +126,17 @@ class NativeCalls:
 
 
 IN_PROCESS = NativeCalls(in_process=True)
+_shared: NativeCalls | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_helper() -> NativeCalls:
+    """The process's one helper (every engine in a process shares it; calls are serialised anyway)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = NativeCalls(in_process=False)
+        return _shared
 
 
 def serve(requests: Any, replies: Any) -> None:
@@ -144,6 +155,9 @@ def serve(requests: Any, replies: Any) -> None:
 
 
 if __name__ == "__main__":
+    from lift3d.process import forbid_core_dumps
+
+    forbid_core_dumps()  # it holds meshes made from users' photos, like its parent
     protocol_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a library's print must not corrupt the frames
     serve(sys.stdin.buffer, protocol_out)

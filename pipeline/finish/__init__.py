@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from lift3d.errors import Lift3dError
 from pipeline.finish.finisher import SUB_STEPS, FinishOptions, FinishResult, finish_mesh
 from pipeline.finish.frame import RECON_TO_GLTF, FrameTransform, fit_frame
-from pipeline.native_calls import IN_PROCESS, NativeCalls
+from pipeline.native_calls import IN_PROCESS, NativeCalls, shared_helper
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import JobState
@@ -56,7 +56,7 @@ class FinishStage:
     def load(self, runtime: Runtime) -> None:
         """No model weights here; with the lanes on, the helper process for the GIL-holding calls."""
         if runtime.settings.overlap and self.native is IN_PROCESS:
-            self.native = NativeCalls(in_process=False)
+            self.native = shared_helper()
             self.native.start()
 
     def run(self, job: JobState, ctx: StageContext) -> None:
