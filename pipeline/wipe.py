@@ -65,7 +65,9 @@ def wipe(value: Any) -> None:
         if value.flags.writeable:
             value.fill(0)
     elif "torch" in sys.modules and isinstance(value, sys.modules["torch"].Tensor):
-        with sys.modules["torch"].no_grad():
+        # inference_mode, not no_grad: a tensor made under inference_mode (a stage's output)
+        # refuses in-place updates outside it, and a normal tensor accepts them inside it.
+        with sys.modules["torch"].inference_mode():
             value.zero_()
     elif hasattr(value, "paste") and hasattr(value, "size"):
         wipe_image(value)

@@ -100,3 +100,16 @@ def test_decode_reads_a_wiped_buffer_without_copying_it_whole() -> None:
     reader.close()
     data.wipe()  # no export is left behind by the decode: the buffer is still writable and resizable
     data.extend(b"x")
+
+
+def test_a_tensor_made_under_inference_mode_is_wiped_too():
+    import torch
+
+    from pipeline.wipe import wipe
+
+    with torch.inference_mode():
+        made_there = torch.ones(4)
+    normal = torch.ones(4)
+    wipe(made_there)
+    wipe(normal)
+    assert made_there.sum().item() == 0 and normal.sum().item() == 0
