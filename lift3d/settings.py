@@ -17,6 +17,8 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 BackgroundMode = Literal["auto", "on", "off"]
 TextureMode = Literal["uv", "vertex"]
+# InstantMesh reconstruction models: the NeRF variants and the FlexiCubes (mesh) variants.
+ReconstructModel = Literal["instant-nerf-base", "instant-nerf-large", "instant-mesh-base", "instant-mesh-large"]
 
 
 class DecodeSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,7 +42,11 @@ class MultiviewSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
-    model: Literal["instant-nerf-base", "instant-nerf-large"] = "instant-nerf-large"
+    # The server default; a job may pick any loaded model (``reconstruct_model`` option).
+    model: ReconstructModel = "instant-mesh-large"
+    # Loaded beside ``model`` so jobs can choose them; each costs its weights' memory.
+    extra_models: tuple[ReconstructModel, ...] = ()
+    # Density grid of the NeRF variants (the mesh variants use their own FlexiCubes grid, 128).
     grid_resolution: int = 256
     density_threshold: float = 10.0
     # With random weights (tiny/dummy) the density has no scale: the iso-level is
@@ -52,6 +58,11 @@ class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
     # it; the triplane field (density and colour queries, so the iso-level) always runs in
     # float32, and on a CPU everything does (golden-exact).
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
+
+    @property
+    def loaded_models(self) -> tuple[str, ...]:
+        """The default first, then the extras, each once."""
+        return tuple(dict.fromkeys((self.model, *self.extra_models)))
 
 
 class FinishSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -191,6 +202,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_BACKGROUND_MODEL": ("engine.background.model", str),
     "LIFT3D_STEPS": ("engine.multiview.steps", int),
     "LIFT3D_RECONSTRUCT_MODEL": ("engine.reconstruct.model", str),
+    "LIFT3D_RECONSTRUCT_EXTRA_MODELS": ("engine.reconstruct.extra_models", _split_list),
     "LIFT3D_GRID_RESOLUTION": ("engine.reconstruct.grid_resolution", int),
     "LIFT3D_RECONSTRUCT_PRECISION": ("engine.reconstruct.precision", str),
     "LIFT3D_PNG_COMPRESSION": ("engine.finish.png_compression", int),

@@ -29,6 +29,7 @@ class JobOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     texture_size: int | None = None
     texture: Literal["uv", "vertex"] | None = None
     return_views: bool = False
+    reconstruct_model: str | None = None
 
 
 class ResolvedOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,12 +43,25 @@ class ResolvedOptions(msgspec.Struct, frozen=True, kw_only=True):
     texture_size: int
     texture: Literal["uv", "vertex"]
     return_views: bool
+    reconstruct_model: str = ""
 
 
 def _check_range(name: str, value: float, bounds: tuple[float, float]) -> None:
     low, high = bounds
     if not (low <= value <= high):
         raise InvalidOption(f"{name} must be between {low} and {high}, got {value}", code=f"invalid_{name}")
+
+
+def _reconstruct_model(options: JobOptions, settings: EngineSettings) -> str:
+    """The job's reconstruction model: one the server has loaded, else a 422 naming them."""
+    loaded = settings.reconstruct.loaded_models
+    chosen = options.reconstruct_model or settings.reconstruct.model
+    if chosen not in loaded:
+        raise InvalidOption(
+            f"reconstruct_model must be one of the loaded models {', '.join(loaded)}; got {chosen!r}",
+            code="invalid_reconstruct_model",
+        )
+    return chosen
 
 
 def resolve_options(options: JobOptions, settings: EngineSettings) -> ResolvedOptions:
@@ -71,4 +85,5 @@ def resolve_options(options: JobOptions, settings: EngineSettings) -> ResolvedOp
         texture_size=texture_size,
         texture=options.texture or settings.finish.texture,
         return_views=options.return_views,
+        reconstruct_model=_reconstruct_model(options, settings),
     )

@@ -16,6 +16,11 @@ def _engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", choices=["locked", "dummy", "tiny"], help="weights mode (default: locked)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default: auto)")
     parser.add_argument("--weights-dir", help="where weight files live (env LIFT3D_WEIGHTS_DIR)")
+    parser.add_argument(
+        "--reconstruct-model",
+        choices=["instant-mesh-large", "instant-mesh-base", "instant-nerf-large", "instant-nerf-base"],
+        help="reconstruction model: the one loaded and used by default (env LIFT3D_RECONSTRUCT_MODEL)",
+    )
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -23,6 +28,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "engine__weights": getattr(args, "weights", None),
         "engine__device": getattr(args, "device", None),
         "engine__weights_dir": getattr(args, "weights_dir", None),
+        "engine__reconstruct__model": getattr(args, "reconstruct_model", None),
         "server__host": getattr(args, "host", None),
         "server__port": getattr(args, "port", None),
         "storage__data_dir": getattr(args, "data_dir", None),

@@ -40,6 +40,7 @@ def _job_options(args: argparse.Namespace):  # noqa: ANN202 - JobOptions, import
         target_faces=getattr(args, "target_faces", None),
         texture_size=getattr(args, "texture_size", None),
         texture=getattr(args, "texture", None),
+        reconstruct_model=getattr(args, "reconstruct_model", None),
     )
 
 

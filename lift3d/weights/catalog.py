@@ -103,7 +103,7 @@ def engine_paths(settings: EngineSettings, lock: WeightsLock | None = None) -> l
         wanted += [a.path for a in lock.artifacts if a.path.startswith(ZERO123PLUS_DIR + "/")]
         if settings.multiview.variant == "instantmesh":
             wanted.append(INSTANTMESH_UNET)
-        wanted.append(reconstruct_path(settings.reconstruct.model))
+        wanted += [reconstruct_path(model) for model in settings.reconstruct.loaded_models]
     return wanted
 
 

@@ -44,6 +44,10 @@ def test_committed_lock_parses_and_has_the_profiles() -> None:
         "TencentARC/InstantMesh/instant_nerf_large.safetensors",
     } <= quality
     assert "TencentARC/InstantMesh/instant_nerf_base.safetensors" in quality
+    assert {
+        "TencentARC/InstantMesh/instant_mesh_large.safetensors",
+        "TencentARC/InstantMesh/instant_mesh_base.safetensors",
+    } <= quality
     # fast is the TripoSR pipeline: only permissively licensed files, nothing of the multiview models.
     fast = lock.for_profile("fast")
     assert [a.path for a in fast] == [
@@ -63,6 +67,11 @@ def test_committed_lock_pins_what_is_known_and_says_what_is_not() -> None:
     nerf = lock.by_path("TencentARC/InstantMesh/instant_nerf_large.safetensors")
     assert nerf.status == "pinned" and re.fullmatch(r"[0-9a-f]{40}", nerf.revision or "")
     assert nerf.convert == "checkpoint-state-dict" and nerf.hub_source.file == "instant_nerf_large.ckpt"
+    for size in ("large", "base"):
+        mesh = lock.by_path(f"TencentARC/InstantMesh/instant_mesh_{size}.safetensors")
+        assert mesh.status == "pinned" and mesh.revision == nerf.revision and mesh.licence == "Apache-2.0"
+        assert mesh.convert == "checkpoint-state-dict" and mesh.hub_source.file == f"instant_mesh_{size}.ckpt"
+        assert re.fullmatch(r"[0-9a-f]{64}", mesh.sha256 or "") and mesh.size and mesh.size > 1_000_000_000
     for artifact in lock.artifacts:
         if artifact.path.startswith("sudo-ai/zero123plus-v1.2/"):
             # Only the short commit 63d1c9c is known: the entry must say the revision is unresolved.
@@ -135,14 +144,18 @@ def test_engine_artifacts_and_profile_per_settings() -> None:
     locked = load_settings({}).engine
     assert profile_for(locked) == "quality"
     paths = {a.path for a in engine_artifacts(locked)}
-    assert "TencentARC/InstantMesh/instant_nerf_large.safetensors" in paths
+    # The FlexiCubes variant is the quality default; only the loaded reconstruct models are read.
+    assert "TencentARC/InstantMesh/instant_mesh_large.safetensors" in paths
+    assert "TencentARC/InstantMesh/instant_nerf_large.safetensors" not in paths
+    both = load_settings({"LIFT3D_RECONSTRUCT_EXTRA_MODELS": "instant-nerf-large"}).engine
+    assert "TencentARC/InstantMesh/instant_nerf_large.safetensors" in {a.path for a in engine_artifacts(both)}
     assert "TencentARC/InstantMesh/diffusion_pytorch_model.safetensors" in paths
     base = load_settings({"LIFT3D_RECONSTRUCT_MODEL": "instant-nerf-base"}).engine
     assert profile_for(base) == "quality"
     assert {a.path for a in engine_artifacts(base)} <= {a.path for a in load_lock().for_profile("quality")}
     info = {row["path"]: row for row in artifact_info(locked)}
     assert info["TencentARC/InstantMesh/diffusion_pytorch_model.safetensors"]["licence"] == "CC-BY-NC-4.0"
-    assert info["TencentARC/InstantMesh/instant_nerf_large.safetensors"]["revision"] is not None
+    assert info["TencentARC/InstantMesh/instant_mesh_large.safetensors"]["revision"] is not None
 
 
 def test_weights_missing_message_names_the_command_and_the_way_around() -> None:
