@@ -3,6 +3,7 @@
     python -m benchmarks.bench_pipeline --weights dummy --device cuda
     python -m benchmarks.bench_pipeline --weights tiny --device cpu -n 2 \\
         --config baseline:dtype=float32,steps=4 --config fast:dtype=float32,steps=2
+    python -m benchmarks.bench_pipeline --weights tiny --device cpu --config triposr --baseline triposr
 
 Every configuration runs in this one process, after the device's matmul peak and copy
 bandwidth were measured, so speedups over the baseline and fractions of the floor are
@@ -28,13 +29,18 @@ from benchmarks.configs import DEFAULT_CONFIGS, PRESETS, BenchConfig, parse_conf
 from benchmarks.probes import StageProbe, StageSample, probe_stages
 from benchmarks.tables import pipeline_markdown
 from lift3d.settings import EngineSettings, Settings, load_settings
-from pipeline.engine import Engine, default_stages
-from pipeline.options import JobOptions
+from pipeline.engine import Engine, pipeline_stages
+from pipeline.options import JobOptions, default_pipeline
 from pipeline.stage import Stage
 
 log = logging.getLogger("lift3d.bench")
 
 StageFactory = Callable[[EngineSettings], list[Stage]]
+
+
+def profile_stages(settings: EngineSettings) -> list[Stage]:
+    """The stages of the profile's default pipeline (``profile=fast`` in a configuration benchmarks TripoSR)."""
+    return pipeline_stages(settings)[default_pipeline(settings)]
 
 
 @dataclass
@@ -60,7 +66,7 @@ class PipelineRun:
     count_flops: bool = True
     matmul_size: int | None = None
     copy_megabytes: int | None = None
-    stage_factory: StageFactory = default_stages
+    stage_factory: StageFactory = profile_stages
     # Seconds after which no further configuration starts (the first always runs); None: no limit.
     time_budget_s: float | None = None
 
@@ -210,6 +216,7 @@ def _run_config(cache: _EngineCache, config: BenchConfig, run: PipelineRun, peak
         "load_s_by_stage": dict(getattr(engine, "load_seconds", {})),
         "warmup_s": cache.warmup_s,
         "peak_flops_per_second": peak,
+        "pipeline": default_pipeline(engine.settings),
         **summarize_config(engine.stage_names, jobs, counted, peak),
     }
 

@@ -109,6 +109,23 @@ class WebhookNotAllowed(InvalidOption):
     code = "webhook_not_allowed"
 
 
+class PipelineNotLoaded(InvalidOption):
+    """The job asked for a pipeline this server's profile does not load."""
+
+    code = "pipeline_not_loaded"
+
+    def __init__(self, pipeline: str, loaded: tuple[str, ...] | list[str]) -> None:
+        self.loaded_pipelines = list(loaded)
+        super().__init__(
+            f"pipeline {pipeline!r} is not loaded on this server; loaded: {', '.join(self.loaded_pipelines)}"
+        )
+
+    @property
+    def problem_fields(self) -> dict[str, object]:
+        """Extra members of the problem body (the client can retry with one of these)."""
+        return {"loaded_pipelines": self.loaded_pipelines}
+
+
 class EmptyReconstruction(InputError):
     """The reconstructed density has no surface at the iso-level: no object the model could see."""
 

@@ -17,6 +17,15 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 BackgroundMode = Literal["auto", "on", "off"]
 TextureMode = Literal["uv", "vertex"]
+# A job's pipeline: "multiview" (Zero123++ -> InstantMesh; CC-BY-NC parts) or "fast" (TripoSR; MIT).
+PipelineName = Literal["multiview", "fast"]
+# What a server loads (docs/profiles.md): each profile names its pipelines, default first.
+ServerProfile = Literal["fast", "quality", "all"]
+PROFILE_PIPELINES: dict[str, tuple[PipelineName, ...]] = {
+    "fast": ("fast",),
+    "quality": ("multiview",),
+    "all": ("multiview", "fast"),
+}
 # InstantMesh reconstruction models: the NeRF variants and the FlexiCubes (mesh) variants.
 ReconstructModel = Literal["instant-nerf-base", "instant-nerf-large", "instant-mesh-base", "instant-mesh-large"]
 
@@ -65,6 +74,20 @@ class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
         return tuple(dict.fromkeys((self.model, *self.extra_models)))
 
 
+class FastSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``fast`` pipeline's single-view reconstruction (TripoSR)."""
+
+    grid_resolution: int = 256
+    # The reference's marching-cubes density level; with random weights the
+    # reconstruct settings' quantile rule applies instead, as in the multiview path.
+    density_threshold: float = 25.0
+    # TripoSR frames the object itself at this ratio; the cut-out is made at cutout_size
+    # so the 512 px conditioning image is not upscaled from the multiview path's 320 px.
+    foreground_ratio: float = 0.85
+    cutout_size: int = 512
+    query_chunk: int = 262_144
+
+
 class FinishSettings(msgspec.Struct, frozen=True, kw_only=True):
     target_faces: int = 50_000
     texture_size: int = 1024
@@ -86,10 +109,13 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     dtype: DtypeChoice = "auto"
     weights: WeightsMode = "locked"
     weights_dir: str = "~/.cache/lift3d/weights"
+    # Which pipelines are loaded (PROFILE_PIPELINES); "quality" is today's multiview-only server.
+    profile: ServerProfile = "quality"
     decode: DecodeSettings = msgspec.field(default_factory=DecodeSettings)
     background: BackgroundSettings = msgspec.field(default_factory=BackgroundSettings)
     multiview: MultiviewSettings = msgspec.field(default_factory=MultiviewSettings)
     reconstruct: ReconstructSettings = msgspec.field(default_factory=ReconstructSettings)
+    fast: FastSettings = msgspec.field(default_factory=FastSettings)
     finish: FinishSettings = msgspec.field(default_factory=FinishSettings)
     # Overlap jobs across two lanes (pipeline/lanes.py): job N's CPU work runs while job
     # N+1's device stages run. Off: one job at a time through every stage.
@@ -106,6 +132,11 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def weights_path(self) -> Path:
         return Path(self.weights_dir).expanduser()
+
+    @property
+    def pipelines(self) -> tuple[PipelineName, ...]:
+        """The pipelines this profile loads, the default one first."""
+        return PROFILE_PIPELINES[self.profile]
 
 
 class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -197,6 +228,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_DTYPE": ("engine.dtype", str),
     "LIFT3D_WEIGHTS": ("engine.weights", str),
     "LIFT3D_WEIGHTS_DIR": ("engine.weights_dir", str),
+    "LIFT3D_PROFILE": ("engine.profile", str),
     "LIFT3D_MAX_UPLOAD_BYTES": ("engine.decode.max_upload_bytes", int),
     "LIFT3D_MAX_PIXELS": ("engine.decode.max_pixels", int),
     "LIFT3D_BACKGROUND_MODEL": ("engine.background.model", str),
@@ -210,6 +242,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_CPU_THREADS": ("engine.cpu_threads", int),
     "LIFT3D_TF32": ("engine.tf32", _flag),
     "LIFT3D_COMPILE": ("engine.compile", _flag),
+    "LIFT3D_FAST_GRID_RESOLUTION": ("engine.fast.grid_resolution", int),
     "LIFT3D_HOST": ("server.host", str),
     "LIFT3D_PORT": ("server.port", int),
     "LIFT3D_API_KEYS": ("server.api_keys", _split_list),

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
 import io
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 from lift3d.settings import EngineSettings
-from lift3d.errors import Lift3dError
-from pipeline.lanes import DEVICE, HOST, Lane
+from lift3d.errors import Lift3dError, PipelineNotLoaded
 from pipeline.events import CancelToken, ProgressBus, ProgressEvent, ProgressHandler
-from pipeline.options import JobOptions, resolve_options
+from pipeline.lanes import DEVICE, HOST, Lane
+from pipeline.options import JobOptions, default_pipeline, resolve_options
 from pipeline.precision import apply_tf32
 from pipeline.runtime import Runtime
 from pipeline.stage import Stage, StageContext
@@ -40,6 +40,45 @@ def default_stages(settings: EngineSettings) -> list[Stage]:
     return [DecodeStage(), BackgroundStage(), MultiviewStage(), ReconstructStage(), FinishStage()]
 
 
+def pipeline_stages(settings: EngineSettings) -> dict[str, list[Stage]]:
+    """The stage list of each pipeline the profile loads; stages without a model of their own are shared.
+
+    multiview: decode -> background -> multiview -> reconstruct -> finish
+    fast:      decode -> background (512 px cut-out) -> reconstruct (TripoSR) -> finish
+    """
+    from pipeline.background import BackgroundStage
+    from pipeline.decode import DecodeStage
+    from pipeline.finish import FinishStage
+
+    decode, background, finish = DecodeStage(), BackgroundStage(), FinishStage()
+    pipelines: dict[str, list[Stage]] = {}
+    for name in settings.pipelines:
+        if name == "multiview":
+            from pipeline.multiview import MultiviewStage
+            from pipeline.reconstruct import ReconstructStage
+
+            pipelines[name] = [decode, background, MultiviewStage(), ReconstructStage(), finish]
+        elif name == "fast":
+            from pipeline.single_view import SingleViewReconstructStage
+
+            pipelines[name] = [decode, background.resized(settings.fast.cutout_size), SingleViewReconstructStage(), finish]
+    return pipelines
+
+
+def licence_reports(settings: EngineSettings, pipelines: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each pipeline's artifacts and licences (weights.lock); empty where the lock cannot be read."""
+    from lift3d.weights.catalog import LockError, licence_report
+
+    reports: dict[str, list[dict[str, Any]]] = {}
+    for name in pipelines:
+        try:
+            reports[name] = licence_report(name, settings)
+        except (LockError, OSError, KeyError) as error:
+            log.warning("no licence report for pipeline %s (%s)", name, type(error).__name__)
+            reports[name] = []
+    return reports
+
+
 def warmup_image_png(size: int = 256) -> bytes:
     """A synthetic object (a shaded disc on white) used to warm every stage."""
     from PIL import Image, ImageDraw
@@ -58,6 +97,12 @@ class StageContractError(Lift3dError):
     """A stage read a field no earlier stage set, or changed one it does not declare (a bug)."""
 
     code = "stage_contract_violated"
+
+
+def _spans(stages: list[Stage]) -> list[float]:
+    """Each stage's share of the job's progress bar."""
+    total_weight = sum(stage.progress_weight for stage in stages) or 1.0
+    return [stage.progress_weight / total_weight for stage in stages]
 
 
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(JobState))
@@ -93,14 +138,27 @@ class Engine:
     """
 
     def __init__(
-        self, settings: EngineSettings, stages: Iterable[Stage] | None = None, *, check_contracts: bool = False
+        self,
+        settings: EngineSettings,
+        stages: Iterable[Stage] | None = None,
+        *,
+        pipelines: Mapping[str, Iterable[Stage]] | None = None,
+        check_contracts: bool = False,
     ) -> None:
         self.settings = settings
         self.check_contracts = check_contracts
         self.runtime = Runtime.from_settings(settings)
-        self.stages: list[Stage] = list(stages) if stages is not None else default_stages(settings)
-        total_weight = sum(stage.progress_weight for stage in self.stages) or 1.0
-        self._spans = [stage.progress_weight / total_weight for stage in self.stages]
+        if pipelines is not None:
+            self.pipelines = {name: list(chain) for name, chain in pipelines.items()}
+        elif stages is not None:
+            self.pipelines = {default_pipeline(settings): list(stages)}
+        else:
+            self.pipelines = pipeline_stages(settings)
+        # The default pipeline's stages (what a job without a ``pipeline`` option runs).
+        self.stages: list[Stage] = self.pipelines.get(default_pipeline(settings)) or next(iter(self.pipelines.values()))
+        self._spans_by_pipeline = {name: _spans(chain) for name, chain in self.pipelines.items()}
+        self._spans = _spans(self.stages)
+        self.licences = licence_reports(settings, self.pipelines)
         self.loaded = False
         # Seconds each stage took to load its models (reported by /health and the CLI).
         self.load_seconds: dict[str, float] = {}
@@ -116,11 +174,17 @@ class Engine:
             if self.loaded:
                 return
             apply_tf32(self.runtime)
-            for stage in self.stages:
-                started = time.perf_counter()
-                stage.load(self.runtime)
-                self.load_seconds[stage.name] = time.perf_counter() - started
-                log.info("loaded stage %s in %.2fs", stage.name, self.load_seconds[stage.name])
+            seen: set[int] = set()
+            for pipeline, chain in self.pipelines.items():
+                for stage in chain:
+                    if id(stage) in seen:  # shared by two pipelines: loaded once
+                        continue
+                    seen.add(id(stage))
+                    key = stage.name if stage.name not in self.load_seconds else f"{pipeline}.{stage.name}"
+                    started = time.perf_counter()
+                    stage.load(self.runtime)
+                    self.load_seconds[key] = time.perf_counter() - started
+                    log.info("loaded stage %s in %.2fs", key, self.load_seconds[key])
             self.loaded = True
 
     def warmup(self) -> JobResult:
@@ -129,8 +193,14 @@ class Engine:
             self.load()
         steps = min(WARMUP_STEPS, self.settings.multiview.steps)
         # remove_background="on" so the segmentation session is exercised too (its first
-        # run allocates); the synthetic object always yields a mask.
-        return self.run(warmup_image_png(), JobOptions(seed=0, steps=steps, remove_background="on"))
+        # run allocates); the synthetic object always yields a mask. Every loaded pipeline
+        # runs once; the default one last, so its result is the one returned.
+        result: JobResult | None = None
+        for pipeline in sorted(self.pipelines, key=lambda name: self.pipelines[name] is self.stages):
+            options = JobOptions(seed=0, steps=steps, remove_background="on", pipeline=pipeline)  # type: ignore[arg-type]
+            result = self.run(warmup_image_png(), options)
+        assert result is not None
+        return result
 
     def lane_of(self, stage: Stage) -> Lane:
         """The lane a stage runs in: its ``lane`` attribute ("device" or "host"), "host" when it has none."""
@@ -139,16 +209,18 @@ class Engine:
             raise StageContractError(f"stage {stage.name} names an unknown lane {lane!r}")
         return lane
 
-    def parts(self) -> list[JobPart]:
-        """The stages split into the host part before the device, the device part and the host part after.
+    def parts(self, stages: list[Stage] | None = None) -> list["JobPart"]:
+        """A pipeline's stages (the default one's unless given) split into the host part before the
+        device, the device part and the host part after.
 
         Everything from the first device stage to the last one runs in the device lane
         (a host stage between two device stages stays with them: one hand-off each way).
         Empty parts are left out; a pipeline with no device stage is one host part.
         """
-        lanes = [self.lane_of(stage) for stage in self.stages]
+        stages = self.stages if stages is None else stages
+        lanes = [self.lane_of(stage) for stage in stages]
         if DEVICE not in lanes:
-            return [JobPart(HOST, tuple(range(len(self.stages))))] if self.stages else []
+            return [JobPart(HOST, tuple(range(len(stages))))] if stages else []
         first = lanes.index(DEVICE)
         last = len(lanes) - 1 - lanes[::-1].index(DEVICE)
         split = [(HOST, range(0, first)), (DEVICE, range(first, last + 1)), (HOST, range(last + 1, len(lanes)))]
@@ -166,6 +238,9 @@ class Engine:
         if not self.loaded:
             self.load()
         resolved = resolve_options(options or JobOptions(), self.settings)
+        if resolved.pipeline not in self.pipelines:
+            raise PipelineNotLoaded(resolved.pipeline, list(self.pipelines))
+        stages, spans = self.pipelines[resolved.pipeline], self._spans_by_pipeline[resolved.pipeline]
         bus = ProgressBus()
         if callable(progress):
             bus.subscribe(progress)
@@ -173,8 +248,13 @@ class Engine:
             for handler in progress:
                 bus.subscribe(handler)
         job = JobState(options=resolved, input_bytes=image_bytes)
-        job.metadata.update(weights_mode=self.settings.weights, seed=resolved.seed)
-        return EngineJob(self, job, bus, cancel or CancelToken())
+        job.metadata.update(
+            weights_mode=self.settings.weights,
+            seed=resolved.seed,
+            pipeline=resolved.pipeline,
+            artifacts=[dict(row) for row in self.licences.get(resolved.pipeline, [])],
+        )
+        return EngineJob(self, job, bus, cancel or CancelToken(), stages, spans)
 
     def run(
         self,
@@ -192,8 +272,7 @@ class Engine:
         finally:
             job.close()
 
-    def _run_stage(self, index: int, job: "EngineJob") -> None:
-        stage, span = self.stages[index], self._spans[index]
+    def _run_stage(self, stage: Stage, span: float, job: "EngineJob") -> None:
         job.cancel.raise_if_cancelled()
         ctx = StageContext(self.runtime, stage.name, job.bus, job.cancel, job.start_fraction, span)
         ctx.report(0, 1, "started", check_cancel=False)
@@ -221,7 +300,7 @@ class JobPart:
     """A run of consecutive stages that one lane runs for one job."""
 
     lane: Lane
-    stages: tuple[int, ...]  # indices into Engine.stages
+    stages: tuple[int, ...]  # indices into the job's pipeline stages
 
 
 class EngineJob:
@@ -233,12 +312,15 @@ class EngineJob:
     drops the upload and every intermediate (the device lane's triplanes included).
     """
 
-    def __init__(self, engine: Engine, state: JobState, bus: ProgressBus, cancel: CancelToken) -> None:
+    def __init__(
+        self, engine: Engine, state: JobState, bus: ProgressBus, cancel: CancelToken, stages: list[Stage], spans: list[float]
+    ) -> None:
         self.engine = engine
         self.state = state
         self.bus = bus
         self.cancel = cancel
-        self.parts = engine.parts()
+        self.stages, self.spans = stages, spans
+        self.parts = engine.parts(stages)
         self.timings: dict[str, float] = {}
         self.start_fraction = 0.0
         self._next_part = 0
@@ -249,7 +331,7 @@ class EngineJob:
             raise StageContractError("a job's parts must run once each, in order")
         self._next_part += 1
         for index in part.stages:
-            self.engine._run_stage(index, self)
+            self.engine._run_stage(self.stages[index], self.spans[index], self)
 
     def lane_parts(self) -> list[tuple[Lane, Callable[[], None]]]:
         """The parts as ``pipeline.lanes.LaneJob`` takes them."""

@@ -7,8 +7,8 @@ from typing import Literal
 
 import msgspec
 
-from lift3d.settings import EngineSettings
-from lift3d.errors import InvalidOption
+from lift3d.settings import EngineSettings, PipelineName
+from lift3d.errors import InvalidOption, PipelineNotLoaded
 
 # Inclusive ranges; the server documents them in OpenAPI and answers 422 outside.
 STEPS_RANGE = (1, 200)
@@ -29,6 +29,8 @@ class JobOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     texture_size: int | None = None
     texture: Literal["uv", "vertex"] | None = None
     return_views: bool = False
+    # None: the server's default pipeline (multiview where loaded, else the profile's first).
+    pipeline: PipelineName | None = None
     reconstruct_model: str | None = None
 
 
@@ -43,7 +45,13 @@ class ResolvedOptions(msgspec.Struct, frozen=True, kw_only=True):
     texture_size: int
     texture: Literal["uv", "vertex"]
     return_views: bool
+    pipeline: PipelineName = "multiview"
     reconstruct_model: str = ""
+
+
+def default_pipeline(settings: EngineSettings) -> PipelineName:
+    loaded = settings.pipelines
+    return "multiview" if "multiview" in loaded else loaded[0]
 
 
 def _check_range(name: str, value: float, bounds: tuple[float, float]) -> None:
@@ -76,6 +84,9 @@ def resolve_options(options: JobOptions, settings: EngineSettings) -> ResolvedOp
     if target_faces != 0:
         _check_range("target_faces", target_faces, TARGET_FACES_RANGE)
     _check_range("texture_size", texture_size, TEXTURE_SIZE_RANGE)
+    pipeline = options.pipeline or default_pipeline(settings)
+    if pipeline not in settings.pipelines:
+        raise PipelineNotLoaded(pipeline, settings.pipelines)
     return ResolvedOptions(
         seed=seed,
         steps=steps,
@@ -85,5 +96,16 @@ def resolve_options(options: JobOptions, settings: EngineSettings) -> ResolvedOp
         texture_size=texture_size,
         texture=options.texture or settings.finish.texture,
         return_views=options.return_views,
-        reconstruct_model=_reconstruct_model(options, settings),
+        pipeline=pipeline,
+        reconstruct_model=_reconstruct_model(options, settings) if pipeline == "multiview" else _single_view(options),
     )
+
+
+def _single_view(options: JobOptions) -> str:
+    """The fast pipeline has one reconstruction model (TripoSR): ``reconstruct_model`` names InstantMesh's."""
+    if options.reconstruct_model:
+        raise InvalidOption(
+            "reconstruct_model chooses the multiview pipeline's model; the fast pipeline has only TripoSR",
+            code="invalid_reconstruct_model",
+        )
+    return ""

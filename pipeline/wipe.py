@@ -65,12 +65,19 @@ def wipe(value: Any) -> None:
         if value.flags.writeable:
             value.fill(0)
     elif "torch" in sys.modules and isinstance(value, sys.modules["torch"].Tensor):
-        # inference_mode, not no_grad: a tensor made under inference_mode (a stage's output)
-        # refuses in-place updates outside it, and a normal tensor accepts them inside it.
-        with sys.modules["torch"].inference_mode():
-            value.zero_()
+        _wipe_tensor(value, sys.modules["torch"])
     elif hasattr(value, "paste") and hasattr(value, "size"):
         wipe_image(value)
+
+
+def _wipe_tensor(tensor: Any, torch: Any) -> None:
+    # A tensor made under inference_mode may only be changed in place inside it again.
+    mode = torch.inference_mode() if tensor.is_inference() else torch.no_grad()
+    try:
+        with mode:
+            tensor.zero_()
+    except RuntimeError:  # a view of a shared or expanded tensor: not ours to overwrite
+        pass
 
 
 class BufferReader(io.RawIOBase):

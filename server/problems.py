@@ -112,6 +112,8 @@ def error_response(error: Lift3dError) -> Response[dict[str, Any]]:
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
         extra["retry_after"] = retry_after
+    # An error may carry machine-readable members of its own (e.g. the loaded pipelines).
+    extra.update(getattr(error, "problem_fields", None) or {})
     return problem_response(http_status(error), error.code, error.message, headers=headers, extra=extra)
 
 

@@ -20,7 +20,8 @@ from lift3d.settings import Settings
 from pipeline.decode import decode_image
 from pipeline.wipe import wipe_image
 from server.auth import PUBLIC
-from server.info import build_info
+from pipeline.options import default_pipeline
+from server.info import build_info, pipeline_infos
 from server.jobstore import ACTIVE, ENDED
 from server.owners import owner_from_raw_path
 from server.schemas import (
@@ -136,6 +137,9 @@ async def submit_job(
     texture_size: Annotated[int | None, QueryParameter(description="512..2048")] = None,
     texture: Annotated[str | None, QueryParameter(description="uv|vertex")] = None,
     return_views: Annotated[bool | None, QueryParameter(description="also store views.png")] = None,
+    pipeline: Annotated[
+        str | None, QueryParameter(description="multiview|fast (default: multiview where loaded); see /v1/info pipelines")
+    ] = None,
     owner: Annotated[str | None, QueryParameter(description="the web app's opaque user id")] = None,
     retention_seconds: Annotated[int | None, QueryParameter(description="result lifetime")] = None,
     webhook_url: Annotated[str | None, QueryParameter(description="allow-listed URL told when the job ends")] = None,
@@ -375,7 +379,10 @@ async def metrics(state: State) -> Response[bytes]:
 @get("/v1/info", summary="Version, profile, device and pinned models", tags=["system"])
 async def info(state: State) -> Info:
     svc = services(state)
-    return build_info(svc.settings, svc.manager.engine.runtime, svc.manager.ready, svc.models)
+    engine = svc.manager.engine
+    default = default_pipeline(svc.settings.engine)
+    pipelines = pipeline_infos({name: engine.licences.get(name, []) for name in engine.pipelines}, default)
+    return build_info(svc.settings, engine.runtime, svc.manager.ready, svc.models, pipelines)
 
 
 ROUTES = [

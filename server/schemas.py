@@ -66,6 +66,23 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     license: str | None = None
 
 
+class ArtifactLicence(msgspec.Struct, kw_only=True):
+    path: str
+    stage: str
+    licence: str
+    commercial_use: bool
+    # "weights", or "architecture only (tiny weights)" where a random-init model stands in for the file.
+    use: str
+
+
+class PipelineInfo(msgspec.Struct, kw_only=True):
+    name: str
+    default: bool
+    # False where any artifact's licence forbids commercial use (CC-BY-NC-4.0).
+    commercial_use: bool
+    artifacts: list[ArtifactLicence]
+
+
 class Limits(msgspec.Struct, kw_only=True):
     max_upload_bytes: int
     max_pixels: int
@@ -84,6 +101,9 @@ class Info(msgspec.Struct, kw_only=True):
     ready: bool
     models: list[ModelInfo]
     limits: Limits
+    # The server profile (fast|quality|all) and the pipelines it loaded, each with its licence report.
+    server_profile: str = "quality"
+    pipelines: list[PipelineInfo] = []
 
 
 class Health(msgspec.Struct, kw_only=True):

@@ -47,6 +47,7 @@ ENGINE_FIELDS: dict[str, Callable[[str], Any]] = {
     "texture_size": int,
     "texture": _choice("uv", "vertex"),
     "return_views": _parse_bool,
+    "pipeline": _choice("multiview", "fast"),
     "reconstruct_model": str,  # checked against the loaded models by resolve_options
 }
 # Options about the job's data, handled by the server.

@@ -91,6 +91,8 @@ def result_summary(result: JobResult) -> dict[str, Any]:
         if isinstance(value, (int, float, str, bool, list, dict)) and key != "bytes"
     }
     summary.update(bytes=len(result.glb), weights_mode=result.weights_mode)
+    # The licence report: which pipeline ran and the licence of every artifact it used.
+    summary.update(pipeline=result.metadata.get("pipeline"), artifacts=result.metadata.get("artifacts", []))
     summary.setdefault("texture_size", result.options.texture_size)
     return summary
 

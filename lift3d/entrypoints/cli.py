@@ -23,8 +23,21 @@ def _engine_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _profile_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        choices=["fast", "quality", "all"],
+        help="pipelines to load: fast (TripoSR, commercial use allowed), quality (multiview), all (env LIFT3D_PROFILE; default quality)",
+    )
+
+
 def _settings_from(args: argparse.Namespace) -> Settings:
+    profile = getattr(args, "profile", None)
+    if profile is None and getattr(args, "pipeline", None) is not None:
+        # generate loads just the pipeline it runs.
+        profile = {"fast": "fast", "multiview": "quality"}[args.pipeline]
     overrides: dict[str, Any] = {
+        "engine__profile": profile,
         "engine__weights": getattr(args, "weights", None),
         "engine__device": getattr(args, "device", None),
         "engine__weights_dir": getattr(args, "weights_dir", None),
@@ -45,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--data-dir", help="job store and results (env LIFT3D_DATA_DIR)")
     _engine_flags(serve)
+    _profile_flag(serve)
 
     generate = commands.add_parser("generate", help="turn one image into a GLB, with a progress bar")
     generate.add_argument("image", help="input image (PNG, JPEG, WebP or GIF; the first frame of an animation)")
@@ -56,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--target-faces", type=int)
     generate.add_argument("--texture-size", type=int)
     generate.add_argument("--texture", choices=["uv", "vertex"])
+    generate.add_argument(
+        "--pipeline", choices=["multiview", "fast"], help="multiview (default; CC-BY-NC parts) or fast (TripoSR, MIT)"
+    )
     _engine_flags(generate)
 
     weights = commands.add_parser("weights", help="pin, download and verify weight files")
@@ -66,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("runpod-worker", help="run as a RunPod serverless worker")
     _engine_flags(worker)
+    _profile_flag(worker)
     return parser
 
 

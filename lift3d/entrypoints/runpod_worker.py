@@ -4,7 +4,7 @@ Job input (``job["input"]``)::
 
     {"image_url": "https://..."}            # or
     {"image_base64": "<base64 or data: URL>"}
-    + optional "options": {seed, steps, guidance, remove_background, target_faces, texture_size, texture}
+    + optional "options": {seed, steps, guidance, remove_background, target_faces, texture_size, texture, pipeline}
 
 Output: ``{"glb_url": ...}`` (an S3 presigned URL when a bucket is configured with
 RunPod's ``BUCKET_ENDPOINT_URL``/``BUCKET_ACCESS_KEY_ID``/``BUCKET_SECRET_ACCESS_KEY``,
@@ -88,6 +88,16 @@ class BucketConfig:
         return client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": object_key}, ExpiresIn=PRESIGNED_URL_TTL_S
         )
+
+
+def licence_summary(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline, its artifacts' distinct licences and whether all allow commercial use."""
+    artifacts = metadata.get("artifacts") or []
+    return {
+        "pipeline": metadata.get("pipeline"),
+        "licences": sorted({row["licence"] for row in artifacts}),
+        "commercial_use": bool(artifacts) and all(row.get("commercial_use") for row in artifacts),
+    }
 
 
 def _region_of(endpoint_url: str) -> str:
@@ -190,6 +200,8 @@ def make_handler(
             "timings": result.timings,
             "qa": msgspec.to_builtins(result.qa),
             "glb_bytes": len(result.glb),
+            # The licence report in brief (the GLB's extras list every artifact; docs/profiles.md).
+            **licence_summary(result.metadata),
         }
         if bucket is not None:
             output["glb_url"] = bucket.upload(f"{job_id}.glb", result.glb)

@@ -42,6 +42,40 @@ def test_generate_writes_a_glb(tmp_path: Path, photo: Path, fake_engine_class: N
     assert not list(tmp_path.glob(".*.partial"))
 
 
+def test_generate_pipeline_fast_with_tiny_weights_writes_a_valid_textured_glb(
+    tmp_path: Path, photo: Path, u2netp_weights_dir: Path, capsys  # noqa: ANN001
+) -> None:
+    import json
+    import struct
+
+    import pygltflib
+
+    from tests.support.gltf_validator import assert_valid_glb
+
+    out = tmp_path / "fast.glb"
+    args = ["generate", str(photo), "-o", str(out), "--pipeline", "fast", "--weights", "tiny", "--device", "cpu"]
+    args += ["--weights-dir", str(u2netp_weights_dir), "--remove-background", "off", "--texture-size", "512"]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "pipeline fast" in captured.out and "weights tiny" in captured.out
+    glb = out.read_bytes()
+    assert_valid_glb(glb)
+    gltf = pygltflib.GLTF2.load_from_bytes(glb)
+    assert len(gltf.images) == 1 and gltf.materials[0].pbrMetallicRoughness.baseColorTexture is not None
+    length, _ = struct.unpack_from("<II", glb, 12)
+    assert json.loads(glb[20 : 20 + length])["asset"]["extras"]["pipeline"] == "fast"
+
+
+def test_generate_pipeline_flag_loads_only_that_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lift3d.entrypoints.generate
+
+    seen = {}
+    monkeypatch.setattr(lift3d.entrypoints.generate, "generate", lambda settings, args: seen.setdefault("s", settings) and 0)
+    main(["generate", "x.png", "-o", "x.glb", "--pipeline", "fast"])
+    assert seen["s"].engine.pipelines == ("fast",)
+
+
 BAD = [
     ("missing file", lambda tmp: tmp / "nope.png", [], "cannot read"),
     ("not an image", lambda tmp: _write(tmp / "notes.png", b"hello, not a picture"), [], "unsupported_media_type"),

@@ -156,6 +156,15 @@ class FakeResult:
     options: Any = field(default_factory=lambda: {"seed": 3})
     timings: dict[str, float] = field(default_factory=lambda: {"finish": 0.1})
     qa: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(
+        default_factory=lambda: {
+            "pipeline": "fast",
+            "artifacts": [
+                {"path": "stabilityai/TripoSR/model.safetensors", "licence": "MIT", "commercial_use": True},
+                {"path": "rembg/u2netp.onnx", "licence": "Apache-2.0", "commercial_use": True},
+            ],
+        }
+    )
 
 
 class FakeEngine:
@@ -182,6 +191,8 @@ def test_handler_returns_inline_base64_or_refuses_when_too_large() -> None:
     output = handler({"id": "j1", "input": {"image_base64": image, "options": {"seed": 3}}})
     assert base64.b64decode(output["glb_base64"]) == engine.glb
     assert output["seed"] == 3 and output["weights_mode"] == "tiny" and output["glb_bytes"] == 100
+    # The licence report in brief.
+    assert output["pipeline"] == "fast" and output["licences"] == ["Apache-2.0", "MIT"] and output["commercial_use"]
     assert engine.calls[0] == (b"img", JobOptions(seed=3))
     assert updates and updates[-1]["stage"] == "finish"
     small = make_handler(engine, settings, bucket=None, send_progress=lambda *a: None, max_inline_bytes=50)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,38 @@ def test_weights_missing_message_names_the_command_and_the_way_around() -> None:
     assert isinstance(error, WeightsMissing)
     assert "lift3d weights pull --profile quality" in error.message
     assert "--weights dummy" in error.message
+
+
+def test_each_server_profile_reads_only_its_pipelines_files() -> None:
+    fast = load_settings({"LIFT3D_PROFILE": "fast"}).engine
+    assert profile_for(fast) == "fast"
+    assert [a.path for a in engine_artifacts(fast)] == [a.path for a in load_lock().for_profile("fast")]
+    both = load_settings({"LIFT3D_PROFILE": "all"}).engine
+    assert profile_for(both) == "all"
+    assert {a.path for a in engine_artifacts(both)} == {a.path for a in engine_artifacts(fast)} | {
+        a.path for a in engine_artifacts(load_settings({}).engine)
+    }
+    assert [a.path for a in engine_artifacts(load_settings({"LIFT3D_PROFILE": "fast", "LIFT3D_WEIGHTS": "tiny"}).engine)] == [
+        "rembg/u2netp.onnx"
+    ]
+
+
+def test_licence_report_names_every_artifact_and_whether_it_may_earn_money(tmp_path: Path) -> None:
+    from lift3d.weights.catalog import is_commercial, licence_report
+
+    assert not is_commercial("CC-BY-NC-4.0") and is_commercial("MIT") and is_commercial("Apache-2.0")
+    locked = load_settings({}).engine
+    fast = licence_report("fast", locked)
+    assert [row["path"] for row in fast] == [a.path for a in load_lock().for_profile("fast")]
+    assert all(row["commercial_use"] and row["use"] == "weights" for row in fast)
+    multiview = {row["path"]: row for row in licence_report("multiview", locked)}
+    unet = multiview["TencentARC/InstantMesh/diffusion_pytorch_model.safetensors"]
+    assert unet["licence"] == "CC-BY-NC-4.0" and not unet["commercial_use"]
+    tiny = licence_report("fast", load_settings({}, engine__weights="tiny", engine__weights_dir=str(tmp_path)).engine)
+    assert {row["use"] for row in tiny if row["path"].startswith("stabilityai/")} == {"architecture only (tiny weights)"}
+    assert [row["use"] for row in tiny if row["path"] == "rembg/u2netp.onnx"][0].startswith("not used")
+    (tmp_path / "rembg").mkdir()
+    (tmp_path / "rembg" / "u2netp.onnx").write_bytes(b"present")
+    tiny = licence_report("fast", load_settings({}, engine__weights="tiny", engine__weights_dir=str(tmp_path)).engine)
+    assert [row["use"] for row in tiny if row["path"] == "rembg/u2netp.onnx"] == ["weights"]
+

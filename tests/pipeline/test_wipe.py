@@ -102,14 +102,10 @@ def test_decode_reads_a_wiped_buffer_without_copying_it_whole() -> None:
     data.extend(b"x")
 
 
-def test_a_tensor_made_under_inference_mode_is_wiped_too():
+def test_wipe_zeroes_a_tensor_made_under_inference_mode() -> None:
     import torch
 
-    from pipeline.wipe import wipe
-
     with torch.inference_mode():
-        made_there = torch.ones(4)
-    normal = torch.ones(4)
-    wipe(made_there)
-    wipe(normal)
-    assert made_there.sum().item() == 0 and normal.sum().item() == 0
+        made = torch.ones(4)
+    wipe(made)  # outside inference mode, as the engine's clean-up runs
+    assert made.sum().item() == 0
