@@ -242,7 +242,12 @@ class TooManyOpenFiles(Unavailable):
 
 
 class StorageUnavailable(Unavailable):
-    """Any other failure of the job store or result store (I/O error, read-only disk)."""
+    """Any other failure of the job store or result store: an I/O error, a read-only disk, or
+    an S3 endpoint that does not answer or refuses (after the client's own retries).
+
+    Retryable: a job that finished while the store was down fails with this code
+    (its model was not stored), and a later resubmission can succeed.
+    """
 
     code = "storage_unavailable"
     retry_after_seconds = 30
@@ -269,6 +274,12 @@ class ResultDecryptionError(ResultStoreError):
     """
 
     code = "result_undecryptable"
+
+
+class ResultStoreConfigError(ResultStoreError):
+    """``LIFT3D_RESULTS`` or a companion setting names no usable store (a start-up error)."""
+
+    code = "invalid_result_store"
 
 
 class EncryptionKeyError(ResultStoreError):

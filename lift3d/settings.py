@@ -152,6 +152,10 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     sse_keepalive_seconds: float = 15.0
     # The built-in demo page at /demo (it holds no data and asks for an API key itself).
     demo: bool = True
+    # First start on a pod: fetch missing weights before loading (server/weights_gate.py).
+    pull_missing: bool = False
+    # ...including weights.lock entries not pinned yet (as `lift3d weights pull --allow-unverified`).
+    allow_unverified_weights: bool = False
     # URL prefixes the RunPod worker may fetch image_url from even when they resolve to
     # private/loopback addresses (everything public is allowed; see docs/security.md).
     image_url_allowlist: tuple[str, ...] = ()
@@ -180,6 +184,17 @@ class StorageSettings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_backoff_seconds: float = 1.0
     webhook_backoff_max_seconds: float = 60.0
     webhook_timeout_seconds: float = 10.0
+    # Where results live: "local" (encrypted files in the data dir) or "s3://bucket/prefix"
+    # (endpoint, region and credentials from the AWS SDK's own chain; docs/storage.md).
+    results: str = "local"
+    # S3 only. "client": our AES-256-GCM before upload, downloads through the server;
+    # "provider": the provider's SSE (results_sse), and presigned GET URLs in job views and webhooks.
+    results_encryption: Literal["client", "provider"] = "client"
+    results_sse: Literal["AES256", "aws:kms"] = "AES256"
+    results_kms_key_id: str = ""
+    results_url_ttl_seconds: int = 900
+    # botocore has no environment variable for this one; MinIO on a plain hostname needs "path".
+    results_addressing_style: Literal["auto", "path", "virtual"] = "auto"
 
     @property
     def data_path(self) -> Path:
@@ -252,6 +267,8 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_SHUTDOWN_GRACE_SECONDS": ("server.shutdown_grace_seconds", float),
     "LIFT3D_CORS_ORIGINS": ("server.cors_origins", _split_list),
     "LIFT3D_DEMO": ("server.demo", _flag),
+    "LIFT3D_PULL_MISSING": ("server.pull_missing", _flag),
+    "LIFT3D_ALLOW_UNVERIFIED": ("server.allow_unverified_weights", _flag),
     "LIFT3D_IMAGE_URL_ALLOWLIST": ("server.image_url_allowlist", _split_list),
     "LIFT3D_MAX_CONNECTIONS": ("server.max_connections", int),
     "LIFT3D_HEADER_TIMEOUT_SECONDS": ("server.header_timeout_seconds", float),
@@ -267,6 +284,12 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_WEBHOOK_SECRET": ("storage.webhook_secret", str),
     "LIFT3D_WEBHOOK_ALLOWLIST": ("storage.webhook_allowlist", _split_list),
     "LIFT3D_WEBHOOK_MAX_ATTEMPTS": ("storage.webhook_max_attempts", int),
+    "LIFT3D_RESULTS": ("storage.results", str),
+    "LIFT3D_RESULTS_ENCRYPTION": ("storage.results_encryption", str),
+    "LIFT3D_RESULTS_SSE": ("storage.results_sse", str),
+    "LIFT3D_RESULTS_KMS_KEY_ID": ("storage.results_kms_key_id", str),
+    "LIFT3D_RESULTS_URL_TTL_SECONDS": ("storage.results_url_ttl_seconds", int),
+    "LIFT3D_RESULTS_ADDRESSING_STYLE": ("storage.results_addressing_style", str),
 }
 
 

@@ -63,9 +63,12 @@ class RembgSegmenter:
     def __init__(self, weights_dir: Path, model: str, prefer_cuda: bool, threads: int | None = None) -> None:
         from models.background import load_session
 
+        from models.background import session_provider
+
         self.name = model
         self._session = load_session(weights_dir, model, prefer_cuda=prefer_cuda, threads=threads)
-        self.on_device = self._session.inner_session.get_providers()[0] == "CUDAExecutionProvider"
+        self.provider = session_provider(self._session)
+        self.on_device = self.provider == "CUDAExecutionProvider"
 
     def mask(self, image: Image.Image) -> Image.Image:
         # The session's predict() rather than rembg.remove(): remove() re-applies EXIF
@@ -83,6 +86,7 @@ class BorderColourSegmenter:
     """
 
     name = "border-colour-heuristic"
+    provider = "none"  # plain numpy, no onnxruntime session
 
     def __init__(self, threshold: float = 40.0) -> None:
         self.threshold = threshold
@@ -193,6 +197,11 @@ class BackgroundStage:
         twin = BackgroundStage(self._segmenter, output_size=output_size)
         twin._shares = self
         return twin
+
+    @property
+    def provider(self) -> str | None:
+        """Where segmentation runs (an onnxruntime execution provider), once loaded; for /v1/info."""
+        return getattr(self._segmenter, "provider", None)
 
     def load(self, runtime: Runtime) -> None:
         if self._segmenter is None and self._shares is not None:

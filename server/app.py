@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import anyio
 from litestar import Litestar
@@ -42,8 +42,11 @@ async def _tick_forever(manager: JobManager) -> None:
             log.exception("periodic check failed")
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
-    """Build the app; ``engine`` lets tests inject one with fake stages.
+def create_app(
+    settings: Settings, engine: Engine | None = None, *, prepare: Callable[[Callable[[str], None]], None] | None = None
+) -> Litestar:
+    """Build the app; ``engine`` lets tests inject one with fake stages; ``prepare`` runs on the
+    worker thread before the engine loads (``server.weights_gate``: pull or refuse missing weights).
 
     Nothing heavy happens here: the lifespan recovers the job store, starts the
     worker thread (which loads and warms the models while /readyz says 503), and
@@ -55,7 +58,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
     keys = resolve_api_keys(settings)
     engine = engine if engine is not None else Engine(settings.engine)
     storage = Storage(settings.storage)
-    manager = JobManager(settings, engine, storage)
+    manager = JobManager(settings, engine, storage, prepare=prepare)
     svc = Services(settings=settings, manager=manager, storage=storage, models=engine_models(settings))
 
     @contextlib.asynccontextmanager

@@ -50,12 +50,22 @@ def pipeline_infos(licences: dict[str, list[dict[str, Any]]], default: str) -> l
     return infos
 
 
+def background_provider(engine: object) -> str | None:
+    """Where the engine's background stage segments (None before it loaded, or without one)."""
+    for stage in getattr(engine, "stages", ()):
+        if stage.name == "background":
+            return getattr(stage, "provider", None)
+    return None
+
+
 def build_info(
     settings: Settings,
     runtime: Runtime,
     ready: bool,
     models: list[ModelInfo],
     pipelines: list[PipelineInfo] | None = None,
+    *,
+    provider: str | None = None,
 ) -> Info:
     try:
         profile = profile_for(settings.engine)
@@ -79,4 +89,5 @@ def build_info(
             default_retention_seconds=settings.storage.default_retention_seconds,
             max_retention_seconds=settings.storage.max_retention_seconds,
         ),
+        background_provider=provider,
     )

@@ -76,6 +76,7 @@ HTTP_STATUS: dict[type[Lift3dError], int] = {
     errors.QueueFull: 429,
     # RFC 4918's Insufficient Storage: the request was fine, the disk is not.
     errors.StorageFull: 507,
+    errors.StorageUnavailable: 503,
 }
 
 

@@ -1,7 +1,7 @@
 """Stored results (model.glb, views.png), encrypted at rest.
 
-Callers use the small :class:`ResultStore` protocol, so an S3-compatible store
-can be added later without touching them. The default keeps one folder per job
+Callers use the small :class:`ResultStore` protocol; ``LIFT3D_RESULTS`` picks the
+implementation (``server/results_s3.py`` for S3-compatible buckets). The default keeps one folder per job
 in the data directory; every file is AES-256-GCM encrypted with a random nonce,
 bound to its job id and artifact name, so a file copied to another job's folder
 (or renamed) fails to decrypt instead of being served.
@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lift3d.settings import StorageSettings
-from lift3d.errors import EncryptionKeyError, EncryptionKeyMissing, ResultDecryptionError, ResultNotFound
+from lift3d.errors import EncryptionKeyError, EncryptionKeyMissing, ResultDecryptionError, ResultNotFound, StorageUnavailable
 
 log = logging.getLogger("lift3d.results")
 
@@ -72,6 +72,14 @@ class ResultStore(Protocol):
 
     def sweep_partial(self) -> int:
         """Remove leftovers of interrupted writes; returns how many were removed."""
+        ...
+
+    def check(self) -> None:
+        """Raise StorageUnavailable when the store cannot take writes now (for /readyz)."""
+        ...
+
+    def download_url(self, job_id: str, name: str) -> str | None:
+        """A short-lived URL that serves the artifact without this server, or None (download through us)."""
         ...
 
 
@@ -292,6 +300,13 @@ class EncryptedFileStore:
             if entry.is_dir() and _JOB_ID.match(entry.name):
                 yield entry.name
 
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise StorageUnavailable(f"the results folder {self.root} is gone")
+
+    def download_url(self, job_id: str, name: str) -> str | None:
+        return None  # the server streams local results itself
+
     def sweep_partial(self) -> int:
         """Remove temp files of interrupted writes, stray files and empty job folders."""
         removed = 0
@@ -331,9 +346,18 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def open_result_store(settings: StorageSettings, live_jobs: Collection[str] | None = None) -> ResultStore:
-    """The configured result store (today: encrypted files in the data dir).
+    """The configured result store: encrypted files in the data dir, or an S3-compatible bucket.
 
     ``live_jobs``: the jobs whose results can still be served; only their key ids must
-    be configured (the start-up sweep removes the others' files).
+    be configured (the start-up sweep removes the others' files). The local store checks
+    them at start; the S3 store does not read its objects at start-up.
     """
+    if settings.results.startswith("s3://"):
+        from server.results_s3 import S3ResultStore
+
+        return S3ResultStore.from_settings(settings)
+    if settings.results not in ("", "local"):
+        from lift3d.errors import ResultStoreConfigError
+
+        raise ResultStoreConfigError(f"LIFT3D_RESULTS must be 'local' or 's3://bucket/prefix', got {settings.results!r}")
     return EncryptedFileStore.from_settings(settings, live_jobs)

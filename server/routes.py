@@ -21,7 +21,7 @@ from pipeline.decode import decode_image
 from pipeline.wipe import wipe_image
 from server.auth import PUBLIC
 from pipeline.options import default_pipeline
-from server.info import build_info, pipeline_infos
+from server.info import background_provider, build_info, pipeline_infos
 from server.jobstore import ACTIVE, ENDED
 from server.owners import owner_from_raw_path
 from server.schemas import (
@@ -83,7 +83,7 @@ def _job_view(svc: Services, job_id: str) -> JobView:
             live_progress=live.progress,
             queue_position=svc.manager.queue_position(job_id),
         )
-    return job_view(record)
+    return job_view(record, downloads=svc.storage.download_links(record))
 
 
 # -- jobs ----------------------------------------------------------------------
@@ -364,7 +364,11 @@ async def healthz() -> Health:
 
 @get("/readyz", opt=PUBLIC, summary="Readiness: models loaded and warm, not draining", tags=["system"])
 async def readyz(state: State) -> Response[Health]:
-    reason = services(state).manager.not_ready_reason()
+    svc = services(state)
+    reason = svc.manager.not_ready_reason()
+    if reason is None:
+        # The result store last: a bucket that does not answer cannot take results (S3 only).
+        reason = await anyio.to_thread.run_sync(svc.storage.store_problem)
     if reason is None:
         return Response(Health(status="ready"))
     return Response(Health(status="unavailable", detail=reason), status_code=503)
@@ -382,7 +386,9 @@ async def info(state: State) -> Info:
     engine = svc.manager.engine
     default = default_pipeline(svc.settings.engine)
     pipelines = pipeline_infos({name: engine.licences.get(name, []) for name in engine.pipelines}, default)
-    return build_info(svc.settings, engine.runtime, svc.manager.ready, svc.models, pipelines)
+    return build_info(
+        svc.settings, engine.runtime, svc.manager.ready, svc.models, pipelines, provider=background_provider(engine)
+    )
 
 
 ROUTES = [

@@ -19,6 +19,9 @@ class JobLinks(msgspec.Struct, kw_only=True):
     events: str
     model: str
     views: str | None = None
+    # Presigned GET URLs straight from the bucket (provider-encrypted S3 results only), short-lived.
+    model_download: str | None = None
+    views_download: str | None = None
 
 
 class JobError(msgspec.Struct, kw_only=True):
@@ -104,6 +107,9 @@ class Info(msgspec.Struct, kw_only=True):
     # The server profile (fast|quality|all) and the pipelines it loaded, each with its licence report.
     server_profile: str = "quality"
     pipelines: list[PipelineInfo] = []
+    # The onnxruntime execution provider background removal runs on (CUDAExecutionProvider,
+    # CPUExecutionProvider; "none" for the weightless heuristic), null until the engine loaded.
+    background_provider: str | None = None
 
 
 class Health(msgspec.Struct, kw_only=True):
@@ -117,14 +123,22 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def job_links(job_id: str, with_views: bool = False, base_url: str = "") -> JobLinks:
-    """The job's routes; relative unless a public base URL is known (webhooks)."""
+def job_links(
+    job_id: str, with_views: bool = False, base_url: str = "", *, downloads: dict[str, str] | None = None
+) -> JobLinks:
+    """The job's routes; relative unless a public base URL is known (webhooks).
+
+    ``downloads`` maps artifact names to presigned URLs (``Storage.download_links``).
+    """
     base = f"{base_url.rstrip('/')}/v1/jobs/{job_id}"
+    downloads = downloads or {}
     return JobLinks(
         self=base,
         events=f"{base}/events",
         model=f"{base}/{MODEL_FILE}",
         views=f"{base}/{VIEWS_FILE}" if with_views else None,
+        model_download=downloads.get(MODEL_FILE),
+        views_download=downloads.get(VIEWS_FILE) if with_views else None,
     )
 
 
@@ -135,6 +149,7 @@ def job_view(
     live_stage: str | None = None,
     live_progress: float | None = None,
     queue_position: int | None = None,
+    downloads: dict[str, str] | None = None,
 ) -> JobView:
     status = live_status or record.status
     if status not in JOB_STATUSES:
@@ -159,5 +174,5 @@ def job_view(
         error=error,
         result=dict(record.result) if succeeded else None,
         webhook_status=record.webhook_status,
-        links=job_links(record.id, VIEWS_FILE in record.artifacts),
+        links=job_links(record.id, VIEWS_FILE in record.artifacts, downloads=downloads if succeeded else None),
     )

@@ -38,6 +38,7 @@ from lift3d.errors import (
     Lift3dError,
     ResultExpired,
     ResultNotFound,
+    StorageUnavailable,
     Unavailable,
 )
 from lift3d.settings import StorageSettings
@@ -49,6 +50,8 @@ from server.webhooks import WebhookNotifier, check_webhook_request
 log = logging.getLogger("lift3d.storage")
 
 LOCK_FILENAME = "lift3d.lock"
+# /readyz asks the result store at most this often (a HEAD on a bucket is a network call).
+STORE_CHECK_SECONDS = 2.0
 
 
 class NewJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,6 +122,8 @@ class Storage:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Jobs the previous process left unfinished: their webhooks go out once the loop runs.
         self._interrupted_ids: list[str] = []
+        self._store_checked: tuple[float, str | None] | None = None
+        self.notifier.download_links = self.download_links
         # The storage fault last seen (storage_full, too_many_open_files, ...); cleared by recover_faults.
         self.fault: Lift3dError | None = None
         # Endings the job store could not write, by job id: reads show them, recover_faults retries them.
@@ -138,8 +143,13 @@ class Storage:
         if interrupted:
             log.warning("%d job(s) were interrupted by the previous shutdown", len(interrupted))
         self._interrupted_ids = [record.id for record in interrupted if record.webhook_url]
-        self.sweep_orphans()
-        self.sweep_expired()
+        try:
+            self.sweep_orphans()
+            self.sweep_expired()
+        except StorageUnavailable as error:
+            # Not fatal: a server that exits here restart-loops on a pod. /readyz reports the
+            # store; expiry retries on every sweep, the orphan sweep at the next start.
+            log.warning("start-up sweep skipped, the result store is unreachable: %s", error.message)
         return interrupted
 
     def start(self) -> None:
@@ -219,6 +229,11 @@ class Storage:
                 for name, data in artifacts.items():
                     self.results.put(job_id, name, data)
                 record = self.store.finish(job_id, "succeeded", self.clock(), artifacts=sorted(artifacts), **fields)
+        except StorageUnavailable as error:
+            # Loud, never silent: the job fails with this code and the finished model is gone with it.
+            log.error("job %s finished but its results could not be stored: %s", job_id, error.message)
+            self._delete_results_if_reachable(job_id)
+            raise StorageUnavailable(f"the model was generated but could not be stored ({error.message}); resubmit") from error
         except BaseException:
             self._delete_results(job_id)
             raise
@@ -340,6 +355,30 @@ class Storage:
             raise JobNotSucceeded(f"the job {record.status}; it has no result")
         return record
 
+    def download_links(self, record: JobRecord) -> dict[str, str]:
+        """Presigned URLs of a succeeded job's artifacts when the store allows them (provider encryption)."""
+        if record.status != "succeeded":
+            return {}
+        links = {}
+        for name in record.artifacts:
+            url = self.results.download_url(record.id, name)
+            if url is not None:
+                links[name] = url
+        return links
+
+    def store_problem(self) -> str | None:
+        """Why the result store cannot take results now (an error code), or None; cached a few seconds."""
+        now = time.monotonic()
+        if self._store_checked is not None and now - self._store_checked[0] < STORE_CHECK_SECONDS:
+            return self._store_checked[1]
+        try:
+            self.results.check()
+            problem = None
+        except StorageUnavailable as error:
+            problem = error.code
+        self._store_checked = (now, problem)
+        return problem
+
     def read(self, job_id: str, name: str) -> bytes:
         """A live artifact (``model.glb``, ``views.png``); a typed 404/409 otherwise."""
         record = self.result_record(job_id)
@@ -354,7 +393,11 @@ class Storage:
         """Erase one job and its results: the record as it was, None if unknown or already erased.
 
         The caller cancels the job when it was queued or running (``record.status`` tells).
+        Results go first, so an unreachable store refuses the erasure (503) before anything
+        changed and the client can retry; then again after the record, for a result the
+        worker stored in between.
         """
+        self._delete_results(job_id)
         with self._faults():
             before = self.store.delete(job_id, self.clock())
         self._pending_endings.pop(job_id, None)
@@ -362,7 +405,14 @@ class Storage:
         return before
 
     def erase_owner(self, owner: str) -> list[JobRecord]:
-        """Erase every job and result of an owner (account deletion); the records as they were."""
+        """Erase every job and result of an owner (account deletion); the records as they were.
+
+        Results first and again after the records, as in ``erase_job``.
+        """
+        with self._faults():
+            live = self.store.list_by_owner(owner)
+        for record in live:
+            self._delete_results(record.id)
         with self._faults():
             erased = self.store.delete_owner(owner, self.clock())
         for record in erased:
@@ -405,9 +455,17 @@ class Storage:
         while True:
             try:
                 await asyncio.to_thread(self.sweep_expired)
+            except StorageUnavailable as error:  # an outage: the next sweep retries, /readyz reports it
+                log.warning("retention sweep postponed: %s", error.message)
             except Exception:  # noqa: BLE001 - one bad sweep must not end sweeping
                 log.exception("retention sweep failed")
             await asyncio.sleep(self.sweep_interval)
+
+    def _delete_results_if_reachable(self, job_id: str) -> None:
+        try:
+            self._delete_results(job_id)
+        except StorageUnavailable:
+            log.warning("job %s: partial results left in the store for the start-up sweep", job_id)
 
     def _delete_results(self, job_id: str) -> int:
         try:

@@ -111,10 +111,15 @@ def verify_signature(
     return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
 
 
-def webhook_payload(record: JobRecord, base_url: str = "") -> dict[str, Any]:
-    """What a receiver gets: identifiers, status and links. Never image bytes or options."""
+def webhook_payload(
+    record: JobRecord, base_url: str = "", downloads: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """What a receiver gets: identifiers, status and links (presigned ``*_download`` URLs when the
+    store allows them). Never image bytes or options."""
     succeeded = record.status == "succeeded"
-    links = msgspec.to_builtins(job_links(record.id, succeeded and VIEWS_FILE in record.artifacts, base_url))
+    links = msgspec.to_builtins(
+        job_links(record.id, succeeded and VIEWS_FILE in record.artifacts, base_url, downloads=downloads)
+    )
     if not succeeded:
         links.pop("model", None)
     return {
@@ -152,6 +157,8 @@ class WebhookNotifier:
         self._owns_client = client is None
         self._sleep = sleep
         self._tasks: set[asyncio.Task[None]] = set()
+        # Storage sets this: presigned result URLs per artifact name (empty when downloads go through us).
+        self.download_links: Callable[[JobRecord], dict[str, str]] | None = None
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -187,7 +194,8 @@ class WebhookNotifier:
             self.store.update(record.id, webhook_status="failed", webhook_error="not_allowed")
             log.warning("webhook for job %s not sent: its URL is no longer allowed", record.id)
             return False
-        body = msgspec.json.encode(webhook_payload(record, self.base_url))
+        downloads = self.download_links(record) if self.download_links is not None else None
+        body = msgspec.json.encode(webhook_payload(record, self.base_url, downloads))
         attempts = max(1, self.settings.webhook_max_attempts)
         self.store.update(record.id, webhook_status="pending")
         error = ""

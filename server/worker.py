@@ -103,8 +103,19 @@ class JobManager:
     Records and results go through :class:`Storage`.
     """
 
-    def __init__(self, settings: Settings, engine: Engine, storage: Storage) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        storage: Storage,
+        *,
+        prepare: Callable[[Callable[[str], None]], None] | None = None,
+    ) -> None:
         self.settings = settings
+        # Runs on the worker thread before the engine loads (server/weights_gate.py); it may
+        # set the phase /readyz reports while it runs, and its typed error is the load error.
+        self.prepare = prepare
+        self.phase = "warming_up"
         self.engine = engine
         self.storage = storage
         self.metrics = Metrics(storage.store.count_by_status, lambda: len(self._queue))
@@ -143,7 +154,7 @@ class JobManager:
         if refused is not None:
             return refused.code
         if not self.warmed.is_set():
-            return "warming_up"
+            return self.phase  # warming_up, or pulling_weights (server/weights_gate.py)
         if self.storage.fault is not None:
             return self.storage.fault.code
         return None
@@ -389,6 +400,9 @@ class JobManager:
 
     def _load_engine(self) -> None:
         try:
+            if self.prepare is not None:
+                self.prepare(self._set_phase)
+                self.phase = "warming_up"
             started = time.monotonic()
             self.engine.load()
             self.engine.warmup()
@@ -401,6 +415,9 @@ class JobManager:
         except Exception as error:  # noqa: BLE001 - reported through /readyz and the failed jobs
             self.load_error = EngineUnavailable(f"the engine failed to load ({type(error).__name__})")
             log.exception("engine failed to load")
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
 
     def _lane_job(self, job: LiveJob) -> LaneJob | None:
         """On the host lane: refuse a job that must not run, else its engine parts and its ending."""

@@ -45,6 +45,9 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "server__host": getattr(args, "host", None),
         "server__port": getattr(args, "port", None),
         "storage__data_dir": getattr(args, "data_dir", None),
+        # store_true flags: only a given flag overrides the environment.
+        "server__pull_missing": getattr(args, "pull_missing", None) or None,
+        "server__allow_unverified_weights": getattr(args, "allow_unverified_serve", None) or None,
     }
     return load_settings(**overrides)
 
@@ -57,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 on a pod)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--data-dir", help="job store and results (env LIFT3D_DATA_DIR)")
+    serve.add_argument(
+        "--pull-missing", action="store_true", help="fetch missing weights before loading (env LIFT3D_PULL_MISSING=1)"
+    )
+    serve.add_argument(
+        "--allow-unverified",
+        dest="allow_unverified_serve",
+        action="store_true",
+        help="with --pull-missing: also fetch entries weights.lock does not pin yet (env LIFT3D_ALLOW_UNVERIFIED=1)",
+    )
     _engine_flags(serve)
     _profile_flag(serve)
 
@@ -81,14 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_weights_arguments(weights)
     weights.add_argument("--weights-dir", help="where weight files live (env LIFT3D_WEIGHTS_DIR)")
 
-    worker = commands.add_parser("runpod-worker", help="run as a RunPod serverless worker")
+    worker = commands.add_parser(
+        "runpod-worker",
+        help="run as a RunPod serverless worker",
+        description="Any other flag goes to the RunPod SDK: --rp_serve_api, --rp_api_host, --rp_api_port, "
+        "--rp_api_concurrency, --rp_log_level, --rp_debugger, --test_input.",
+    )
     _engine_flags(worker)
     _profile_flag(worker)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # The RunPod SDK parses its own flags (--rp_serve_api, --test_input, ...): the worker passes them on.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "runpod-worker":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     settings = _settings_from(args)
     if args.command != "weights":
         from lift3d.process import resolve_cpu_threads, set_thread_environment
@@ -110,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "runpod-worker":
         from lift3d.entrypoints.runpod_worker import start
 
-        return start(settings)
+        return start(settings, extra)
     return 2
 
 
