@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "runpod-worker":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     settings = _settings_from(args)
+    if args.command != "weights":
+        from lift3d.process import resolve_cpu_threads, set_thread_environment
+
+        # Before torch and numpy load below: OpenMP and BLAS read their thread counts once.
+        set_thread_environment(resolve_cpu_threads(settings.engine.cpu_threads))
     if args.command == "serve":
         from server.main import serve
 
