@@ -63,6 +63,7 @@ KIT_ROOTS = (
     "pymcubes",
     "rembg",
     "tomlkit",
+    "swagger-ui-bundle",  # the API docs page's assets, served offline
 )
 # ... and what those need that the machine lacks too (``check`` fails when one is missing).
 KIT_CLOSURE = (
@@ -108,6 +109,8 @@ TARGET_KEEPS = {
     "httpx": "the machine's httpx runs (version not recorded; the check prints it)",
     "prometheus-client": "the machine's prometheus-client runs (version not recorded)",
     "tqdm": "the machine's tqdm runs (version not recorded)",
+    "idna": "the machine's idna runs (httpx needs it too); server/urls.py uses only its IDNA 2008 "
+    "encode with UTS 46 mapping, stable across idna 3.x",
 }
 
 # pip --platform values, newest first. glibc 2.28 or older: any CUDA 13 image has a newer one.

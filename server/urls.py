@@ -232,7 +232,12 @@ def _normal_path(path: str) -> str:
     # "..;x" is ".." to some servlet containers: no dot segment may carry parameters.
     if any(seg.split(";", 1)[0] in (".", "..") and ";" in seg for seg in segments):
         raise RefusedUrl("the URL has a dot segment with parameters")
-    return _remove_dot_segments(escaped) or "/"
+    normal = _remove_dot_segments(escaped) or "/"
+    # Receivers disagree on "//" (kept, merged, or a scheme-relative authority), so what we
+    # compare could differ from what is served: a webhook URL never needs an empty segment.
+    if "//" in normal:
+        raise RefusedUrl("the URL's path has an empty segment ('//')")
+    return normal
 
 
 def _remove_dot_segments(path: str) -> str:

@@ -81,3 +81,9 @@ def test_what_is_checked_is_what_is_sent(segments: list[str], trailing: bool) ->
     # Within the allow-list exactly when the receiver's own reading of the path is under /hooks/.
     within = allowed_by(normal, ALLOW)
     assert within == _server_view(normal.path).startswith("/hooks/")
+
+
+@pytest.mark.parametrize("path", ["//hooks/x", "///hooks/hooks", "/hooks//x", "/a/..//hooks/x"])
+def test_empty_path_segments_are_refused(path: str) -> None:
+    with pytest.raises(RefusedUrl, match="empty segment"):
+        normalise_url("https://allowed.example" + path)
