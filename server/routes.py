@@ -11,7 +11,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
-from litestar.params import FromPath, HeaderParameter, QueryParameter
+from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
@@ -119,17 +119,6 @@ async def submit_job(
         str | None,
         HeaderParameter(name="Idempotency-Key", description="same key + same request = same job", max_length=200),
     ] = None,
-    seed: Annotated[int | None, QueryParameter(description="random seed (default: random)")] = None,
-    steps: Annotated[int | None, QueryParameter(description="diffusion steps (1..200)")] = None,
-    guidance: Annotated[float | None, QueryParameter(description="classifier-free guidance (1..20)")] = None,
-    remove_background: Annotated[str | None, QueryParameter(description="auto|on|off")] = None,
-    target_faces: Annotated[int | None, QueryParameter(description="0 = keep all, else 500..2000000")] = None,
-    texture_size: Annotated[int | None, QueryParameter(description="512..2048")] = None,
-    texture: Annotated[str | None, QueryParameter(description="uv|vertex")] = None,
-    return_views: Annotated[bool | None, QueryParameter(description="also store views.png")] = None,
-    owner: Annotated[str | None, QueryParameter(description="the web app's opaque user id")] = None,
-    retention_seconds: Annotated[int | None, QueryParameter(description="result lifetime")] = None,
-    webhook_url: Annotated[str | None, QueryParameter(description="allow-listed URL told when the job ends")] = None,
 ) -> Response[JobAccepted]:
     svc = services(state)
     cap = svc.settings.engine.decode.max_upload_bytes
