@@ -21,6 +21,7 @@ from pipeline.engine import Engine
 from server.auth import make_auth_guard, resolve_api_keys
 from server.demo import DEMO_ROUTES
 from server.info import engine_models
+from server.links import LinkSigner
 from server.problems import EXCEPTION_HANDLERS
 from server.routes import ROUTES, Services
 from server.storage import Storage
@@ -53,7 +54,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
     engine = engine if engine is not None else Engine(settings.engine)
     storage = Storage(settings.storage)
     manager = JobManager(settings, engine, storage)
-    svc = Services(settings=settings, manager=manager, storage=storage, models=engine_models(settings))
+    signer = LinkSigner.from_settings(settings.server)
+    svc = Services(
+        settings=settings, manager=manager, storage=storage, signer=signer, models=engine_models(settings)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -83,7 +87,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
     )
     return Litestar(
         route_handlers=[*ROUTES, *(DEMO_ROUTES if settings.server.demo else [])],
-        guards=[make_auth_guard(keys)],
+        guards=[make_auth_guard(keys, signer)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         state=State({"services": svc}),

@@ -18,7 +18,8 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from lift3d.errors import JobNotFound, UnsupportedFormat
 from lift3d.settings import Settings
 from pipeline.decode import decode_image
-from server.auth import PUBLIC
+from server.auth import PUBLIC, signable
+from server.links import EVENTS, LinkSigner
 from server.info import build_info
 from server.jobstore import ACTIVE, ENDED
 from server.schemas import (
@@ -32,6 +33,7 @@ from server.schemas import (
     OwnerJobs,
     job_links,
     job_view,
+    signed_links,
 )
 from server.submission import parse_submission
 from server.uploads import (
@@ -54,6 +56,7 @@ class Services:
     settings: Settings
     manager: JobManager
     storage: Storage
+    signer: LinkSigner
     # What /v1/info lists, read from weights.lock once at start-up.
     models: list[ModelInfo] = field(default_factory=list)
 
@@ -72,8 +75,9 @@ def _job_view(svc: Services, job_id: str) -> JobView:
             live_stage=live.stage,
             live_progress=live.progress,
             queue_position=svc.manager.queue_position(job_id),
+            signer=svc.signer,
         )
-    return job_view(record)
+    return job_view(record, signer=svc.signer)
 
 
 # -- jobs ----------------------------------------------------------------------
@@ -152,6 +156,7 @@ async def submit_job(
         status=record.status,  # type: ignore[arg-type]
         queue_position=svc.manager.queue_position(record.id),
         links=links,
+        signed_links=signed_links(links, record.id, svc.signer),
     )
     headers = {"Location": links.self}
     if not created:
@@ -191,6 +196,7 @@ async def _result_bytes(svc: Services, job_id: str, name: str) -> bytes:
     "/v1/jobs/{job_id:str}/model.glb",
     summary="The textured model (binary glTF)",
     media_type=GLB_MEDIA_TYPE,
+    opt=signable(MODEL_FILE),
     tags=["jobs"],
 )
 async def get_model(job_id: FromPath[str], state: State) -> Response[bytes]:
@@ -206,6 +212,7 @@ async def get_model(job_id: FromPath[str], state: State) -> Response[bytes]:
     "/v1/jobs/{job_id:str}/views.png",
     summary="The six generated views (3 rows x 2 columns), when return_views was set",
     media_type="image/png",
+    opt=signable(VIEWS_FILE),
     tags=["jobs"],
 )
 async def get_views(job_id: FromPath[str], state: State) -> Response[bytes]:
@@ -216,6 +223,7 @@ async def get_views(job_id: FromPath[str], state: State) -> Response[bytes]:
 @get(
     "/v1/jobs/{job_id:str}/events",
     summary="Server-sent events: `status` and `progress` while active, then one `end` event",
+    opt=signable(EVENTS),
     tags=["jobs"],
 )
 async def job_events(job_id: FromPath[str], state: State) -> ServerSentEvent:
