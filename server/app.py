@@ -11,17 +11,14 @@ import anyio
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
 
-import lift3d
 from lift3d.settings import Settings
 from pipeline.engine import Engine
 from server.auth import make_auth_guard, resolve_api_keys
 from server.demo import DEMO_ROUTES
 from server.info import engine_models
 from server.links import LinkSigner
+from server.openapi import openapi_config
 from server.problems import EXCEPTION_HANDLERS
 from server.routes import ROUTES, Services
 from server.storage import Storage
@@ -74,17 +71,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
             await storage.aclose()
 
     cors = CORSConfig(allow_origins=list(settings.server.cors_origins)) if settings.server.cors_origins else None
-    openapi = OpenAPIConfig(
-        title="lift3d",
-        version=lift3d.__version__,
-        description="One photo in, a textured 3D model (GLB) out. Errors are RFC 9457 problem+json with a stable `code`.",
-        path="/schema",
-        render_plugins=[SwaggerRenderPlugin()],
-        components=Components(
-            security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="an API key")}
-        ),
-        security=[{"bearer": []}],
-    )
+    openapi = openapi_config(settings)
     return Litestar(
         route_handlers=[*ROUTES, *(DEMO_ROUTES if settings.server.demo else [])],
         guards=[make_auth_guard(keys, signer)],

@@ -222,36 +222,91 @@ async def get_views(job_id: FromPath[str], state: State) -> Response[bytes]:
 
 @get(
     "/v1/jobs/{job_id:str}/events",
-    summary="Server-sent events: `status` and `progress` while active, then one `end` event",
+    summary="Server-sent events: `status`, `queue` and `progress` while active, then one `end` event",
     opt=signable(EVENTS),
     tags=["jobs"],
 )
-async def job_events(job_id: FromPath[str], state: State) -> ServerSentEvent:
+async def job_events(
+    job_id: FromPath[str],
+    state: State,
+    last_event_id: Annotated[
+        str | None,
+        HeaderParameter(name="Last-Event-ID", description="the `id` of the last event received: resume after it"),
+    ] = None,
+) -> Response[Any]:
     svc = services(state)
     _job_view(svc, job_id)  # 404 before the stream starts
-    return ServerSentEvent(_event_stream(svc, job_id), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    if last_event_id == END_EVENT_ID:
+        # The client has the `end` already; 204 is how SSE tells EventSource to stop reconnecting.
+        return Response(b"", status_code=HTTP_204_NO_CONTENT)
+    seen = StreamState.parse(last_event_id)
+    return ServerSentEvent(
+        _event_stream(svc, job_id, seen), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
 
 
-def _event(name: str, payload: Any) -> ServerSentEventMessage:
-    return ServerSentEventMessage(event=name, data=msgspec.json.encode(payload).decode())
+END_EVENT_ID = "end"
 
 
-async def _event_stream(svc: Services, job_id: str) -> AsyncIterator[ServerSentEventMessage]:
+@dataclass
+class StreamState:
+    """What a client has been told about a job; every event's ``id`` encodes it, so a reconnect
+    (``Last-Event-ID``) resumes from exactly there. Events are coalesced snapshots, not a log:
+    resuming sends what changed since, never a repeat, and the ``end`` event is never lost."""
+
+    status: str | None = None
+    queue_position: int | None = None
+    stage: str | None = None
+    progress: float | None = None
+
+    def event_id(self) -> str:
+        progress = "-" if self.progress is None else f"{self.progress:.4f}"
+        queue = "-" if self.queue_position is None else str(self.queue_position)
+        return f"{self.status or '-'}.{queue}.{self.stage or '-'}.{progress}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> "StreamState":
+        """The state an id names; anything unreadable means "told nothing" (a fresh stream)."""
+        parts = (text or "").split(".", 3)
+        if len(parts) != 4:
+            return cls()
+        status, queue, stage, progress = parts
+        try:
+            return cls(
+                status=None if status == "-" else status,
+                queue_position=None if queue == "-" else int(queue),
+                stage=None if stage == "-" else stage,
+                progress=None if progress == "-" else float(progress),
+            )
+        except ValueError:
+            return cls()
+
+
+def _event(name: str, payload: Any, event_id: str) -> ServerSentEventMessage:
+    return ServerSentEventMessage(event=name, data=msgspec.json.encode(payload).decode(), id=event_id)
+
+
+async def _event_stream(svc: Services, job_id: str, seen: StreamState) -> AsyncIterator[ServerSentEventMessage]:
     keepalive = svc.settings.server.sse_keepalive_seconds
     live = svc.manager.live(job_id)
     watcher = live.watch() if live is not None else None
     try:
-        sent: tuple[Any, ...] | None = None
         while True:
             view = _job_view_or_gone(svc, job_id)
             if view.status in ENDED:
-                yield _event("end", view)
+                yield _event("end", view, END_EVENT_ID)
                 return
-            if sent is None or view.status != sent[0]:
-                yield _event("status", {"id": job_id, "status": view.status, "queue_position": view.queue_position})
-            if sent is None or (view.stage, view.progress) != sent[1:]:
-                yield _event("progress", {"id": job_id, "stage": view.stage, "progress": view.progress})
-            sent = (view.status, view.stage, view.progress)
+            if view.status != seen.status:
+                seen.status, seen.queue_position = view.status, view.queue_position
+                payload = {"id": job_id, "status": view.status, "queue_position": view.queue_position}
+                yield _event("status", payload, seen.event_id())
+            elif view.status == "queued" and view.queue_position != seen.queue_position:
+                seen.queue_position = view.queue_position
+                yield _event("queue", {"id": job_id, "queue_position": view.queue_position}, seen.event_id())
+            progress = round(view.progress, 4)
+            if (view.stage, progress) != (seen.stage, seen.progress):
+                seen.stage, seen.progress = view.stage, progress
+                yield _event("progress", {"id": job_id, "stage": view.stage, "progress": view.progress}, seen.event_id())
             if watcher is None:
                 # Not live in this process any more (it ended between reads): poll once more.
                 await asyncio.sleep(0.2)
