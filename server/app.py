@@ -37,6 +37,26 @@ async def _expire_queued_jobs(manager: JobManager) -> None:
             await anyio.to_thread.run_sync(manager.expire_queued)
 
 
+# What a browser on another origin may send and read: the key and the idempotency header in,
+# and the headers a web app acts on out (Location of a new job, Retry-After of a 429, a
+# replay marker, the download's file name). No credentials mode: the key is a header, links sign themselves.
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
+CORS_EXPOSE_HEADERS = ["Location", "Retry-After", "Idempotent-Replayed", "Content-Disposition"]
+
+
+def cors_config(settings: Settings) -> CORSConfig | None:
+    if not settings.server.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.server.cors_origins),
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=CORS_ALLOW_HEADERS,
+        expose_headers=CORS_EXPOSE_HEADERS,
+        allow_credentials=False,
+        max_age=600,
+    )
+
+
 def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
     """Build the app; ``engine`` lets tests inject one with fake stages.
 
@@ -70,7 +90,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
             await anyio.to_thread.run_sync(manager.drain, settings.server.shutdown_grace_seconds)
             await storage.aclose()
 
-    cors = CORSConfig(allow_origins=list(settings.server.cors_origins)) if settings.server.cors_origins else None
+    cors = cors_config(settings)
     openapi = openapi_config(settings)
     return Litestar(
         route_handlers=[*ROUTES, *(DEMO_ROUTES if settings.server.demo else [])],
