@@ -44,6 +44,9 @@ class Option:
     also: tuple[int, ...] = ()
     choices: tuple[str, ...] = ()
     max_length: int | None = None
+    # A regular expression the whole string must match (also published in the schema, so keep it
+    # to the syntax Python and ECMA-262 share).
+    pattern: str | None = None
     # A fixed default, or where the server's default comes from (None: no default, "not set").
     default: Any = None
     server_default: Callable[[EngineSettings], Any] | None = None
@@ -87,6 +90,8 @@ class Option:
                 raise self._refuse(f"must be between {_num(low)} and {_num(high)}{extra}, got {value}")
         if self.max_length is not None and isinstance(value, str) and len(value) > self.max_length:
             raise self._refuse(f"must be at most {self.max_length} characters")
+        if self.pattern is not None and isinstance(value, str) and not re.fullmatch(self.pattern, value):
+            raise self._refuse("has characters it may not contain")
         return value
 
     def json_schema(self, *, maximum: float | None = None) -> dict[str, Any]:
@@ -101,6 +106,8 @@ class Option:
             schema["enum"] = list(self.choices)
         if self.max_length is not None:
             schema["maxLength"] = self.max_length
+        if self.pattern is not None:
+            schema["pattern"] = f"^(?:{self.pattern})$"
         if self.also:
             schema = {"oneOf": [{"type": self.kind, "enum": list(self.also)}, schema]}
         if self.default is not None:

@@ -74,6 +74,18 @@ resumes after that event. Event types, each with a JSON `data` line:
 Comment lines `: keep-alive` come every 15 s while nothing else is sent."""
 
 
+# One event of the stream, as SSE fields (the schema of a text/event-stream item).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "id", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "queue", "progress", "end"]},
+        "id": {"type": "string", "description": "opaque; send it back as Last-Event-ID to resume"},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "a JSON object"},
+    },
+}
+
+
 def problem_codes() -> list[str]:
     """Every ``code`` a problem+json body can carry: the error classes, the HTTP-level ones, the options'."""
 
@@ -83,7 +95,8 @@ def problem_codes() -> list[str]:
             yield from walk(sub)
 
     codes = {cls.code for cls in walk(errors.Lift3dError)}
-    codes |= set(_CODES_BY_STATUS.values()) | {"http_error", "unknown_option"}
+    # invalid_idempotency_key: Litestar's own check of the Idempotency-Key header (its max_length).
+    codes |= set(_CODES_BY_STATUS.values()) | {"http_error", "unknown_option", "invalid_idempotency_key"}
     codes |= {option.code for option in SUBMIT_OPTIONS.values()}
     return sorted(codes)
 
@@ -215,12 +228,9 @@ def finish_document(document: dict[str, Any], settings: Settings) -> dict[str, A
     _submit_operation(jobs["/v1/jobs"]["post"], settings)
     events = jobs["/v1/jobs/{job_id}/events"]["get"]
     events["description"] = SSE_EVENTS
-    events["parameters"].append(
-        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
-         "description": "the `id` of the last event received; the stream resumes after it"}
-    )
     events["responses"]["200"]["description"] = "The event stream"
-    events["responses"]["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    events["responses"]["200"]["content"] = {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}
+    events["responses"]["204"] = {"description": "Last-Event-ID named the `end` event: nothing more will come"}
     _binary_response(jobs["/v1/jobs/{job_id}/model.glb"]["get"], "model/gltf-binary", "The model (binary glTF)")
     jobs["/v1/jobs/{job_id}/model.glb"]["get"]["responses"]["200"]["headers"] = {
         "Content-Disposition": {"schema": {"type": "string"}, "description": 'attachment; filename="<id>.glb"'}

@@ -8,7 +8,7 @@ from typing import Annotated, Any, AsyncIterator
 
 import anyio
 import msgspec
-from litestar import Request, Response, delete, get, post
+from litestar import HttpMethod, Request, Response, delete, get, post, route
 from litestar.datastructures import State
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, HeaderParameter
@@ -139,10 +139,11 @@ async def submit_job(
             "send multipart/form-data with an `image` field, or a raw image/png, image/jpeg, image/webp or image/gif body"
         )
 
-    # Query first, then form fields (the form wins); the raw strings are parsed in one place.
-    fields = {key: value for key, value in request.query_params.items()}
-    fields.update(upload.fields)
-    submission = parse_submission(fields, svc.settings)
+    # Both sources are parsed in full by the one parser (a bad query value is refused even when a
+    # form field overrides it); then the form wins.
+    query = {key: value for key, value in request.query_params.items()}
+    parse_submission(query, svc.settings)
+    submission = parse_submission({**query, **upload.fields}, svc.settings)
     image = upload.image
     upload.image = b""
     await anyio.to_thread.run_sync(_validate_image, image, svc.settings, limiter=_DECODE_SLOTS)
@@ -186,6 +187,13 @@ async def delete_job(job_id: FromPath[str], state: State) -> None:
     if record is None:
         raise JobNotFound("no such job")
     svc.manager.forget([record])
+
+
+@route("/v1/jobs/{job_id:str}", http_method=[HttpMethod.OPTIONS], include_in_schema=False)
+async def job_options() -> Response[None]:
+    # Litestar answers OPTIONS for a path served by two handlers with the first one's methods
+    # only; this one lists both. (CORS preflight is answered by the CORS middleware before routing.)
+    return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": "DELETE, GET, OPTIONS"})
 
 
 async def _result_bytes(svc: Services, job_id: str, name: str) -> bytes:
@@ -387,6 +395,7 @@ async def info(state: State) -> Info:
 
 
 ROUTES = [
+    job_options,  # before get_job and delete_job, so Litestar adds no OPTIONS handler of its own
     submit_job,
     get_job,
     delete_job,

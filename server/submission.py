@@ -16,15 +16,17 @@ import msgspec
 from lift3d.settings import Settings
 from lift3d.errors import InvalidOption
 from pipeline.options import ENGINE_OPTIONS, OPTIONS_BY_NAME, JobOptions, Option, resolve_options
-from server.storage import NewJob, request_hash
+from server.storage import NewJob, request_hash, resolve_retention
 
 MAX_OWNER_CHARS = 200
+# Printable ASCII: an id that logs, URLs and the owner routes carry without escaping surprises.
+OWNER_PATTERN = "[ -~]*"
 
 # Options about the job's data, handled by the server (retention and webhook are checked by Storage).
 JOB_OPTIONS: tuple[Option, ...] = (
     Option(
-        "owner", "string", "The web app's opaque user id, for listing and erasure (printable).",
-        max_length=MAX_OWNER_CHARS,
+        "owner", "string", "The web app's opaque user id, for listing and erasure (printable ASCII).",
+        max_length=MAX_OWNER_CHARS, pattern=OWNER_PATTERN,
     ),
     Option(
         "retention_seconds", "integer", "How long results live after the job ends; at most LIFT3D_MAX_RETENTION_SECONDS.",
@@ -82,9 +84,10 @@ def parse_submission(fields: Mapping[str, str], settings: Settings) -> Submissio
     # Resolving here turns an out-of-range option into a 422 at submit time, not a failed job.
     resolve_options(options, settings.engine)
 
+    # Against the setting, so a query value is refused even where a form field overrides it.
+    if "retention_seconds" in values:
+        resolve_retention(values["retention_seconds"], settings.storage)
     owner = values.get("owner") or None
-    if owner is not None and not owner.isprintable():
-        raise InvalidOption("owner must be a printable id of at most 200 characters", code="invalid_owner")
     return Submission(
         options=options,
         owner=owner,
