@@ -270,6 +270,39 @@ class TrueJson(JsonRenderPlugin):
         return super().render(request, self.finished(openapi_schema))
 
 
+def as_openapi_30(node: Any) -> Any:
+    """The document in OpenAPI 3.0 terms, for the page only: the pinned Swagger UI (4.15) renders
+    3.0 and refuses 3.1. Only how nullable and constant values are spelled changes; the
+    document served at /schema/openapi.json stays 3.1."""
+    if isinstance(node, list):
+        return [as_openapi_30(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: as_openapi_30(value) for key, value in node.items()}
+    if isinstance(out.get("type"), list):
+        types = [t for t in out["type"] if t != "null"]
+        out["type"] = types[0] if len(types) == 1 else "object"
+        if len(types) < len(node["type"]):
+            out["nullable"] = True
+    for key in ("oneOf", "anyOf"):
+        options = out.get(key)
+        if isinstance(options, list) and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            out.pop(key)
+            out["nullable"] = True
+            if len(rest) == 1:
+                out = {**rest[0], **out}
+            else:
+                out[key] = rest
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    if isinstance(out.get("examples"), list) and "properties" in out:
+        out["example"] = out.pop("examples")[0] if out["examples"] else None
+    if isinstance(out.get("openapi"), str):
+        out["openapi"] = "3.0.3"
+    return out
+
+
 class OfflineSwagger(SwaggerRenderPlugin):
     """``/schema/swagger``: Swagger UI on the finished document, its files served from this server."""
 
@@ -284,7 +317,7 @@ class OfflineSwagger(SwaggerRenderPlugin):
         self.json_plugin = json_plugin
 
     def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
-        return super().render(request, self.json_plugin.finished(openapi_schema))
+        return super().render(request, as_openapi_30(self.json_plugin.finished(openapi_schema)))
 
 
 def _swagger_dir() -> Path:
