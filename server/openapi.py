@@ -135,7 +135,7 @@ _PROBLEM_DESCRIPTIONS = {
 
 def _problem_response(status: int) -> dict[str, Any]:
     response: dict[str, Any] = {
-        "description": _PROBLEM_DESCRIPTIONS[status],
+        "description": _PROBLEM_DESCRIPTIONS.get(status, "An error (see `code`)"),
         "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
     if status == 401:
@@ -211,9 +211,8 @@ def finish_document(document: dict[str, Any], settings: Settings) -> dict[str, A
     }
     for path, item in doc["paths"].items():
         for method, op in item.items():
-            statuses = ROUTE_PROBLEMS.get((method, path))
-            if statuses is None:
-                raise RuntimeError(f"{method.upper()} {path} has no entry in server.openapi.ROUTE_PROBLEMS")
+            # A route missing here still gets 401/500; tests/server/test_openapi.py asks for an entry.
+            statuses = ROUTE_PROBLEMS.get((method, path), ())
             responses = {code: body for code, body in op.get("responses", {}).items() if not code.startswith(("4", "5"))}
             public = path in PUBLIC_ROUTES
             problem_statuses = set(statuses) | {500} | (set() if public else {401})

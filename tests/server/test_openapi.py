@@ -12,7 +12,7 @@ from litestar.testing import TestClient
 
 from lift3d import errors
 from server.app import create_app
-from server.openapi import PUBLIC_ROUTES, problem_codes
+from server.openapi import PUBLIC_ROUTES, ROUTE_PROBLEMS, problem_codes
 from server.submission import SUBMIT_OPTIONS
 from tests.support.servers import fake_engine, make_settings
 
@@ -50,6 +50,12 @@ def test_every_error_answer_is_a_declared_problem(doc: dict) -> None:
             assert response["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
     # Litestar's own 400 body (status_code/detail/extra) is never sent, so it is never declared.
     assert "status_code" not in str(doc)
+
+
+def test_every_operation_lists_its_problem_statuses(doc: dict) -> None:
+    # A new route needs its entry in server.openapi.ROUTE_PROBLEMS (the statuses it can answer).
+    listed = {(method, path) for path, method, _ in operations(doc)}
+    assert listed <= set(ROUTE_PROBLEMS), listed - set(ROUTE_PROBLEMS)
 
 
 def test_the_problem_code_enum_holds_every_error_code(doc: dict) -> None:
