@@ -3,6 +3,7 @@
     python -m benchmarks.bench_pipeline --weights dummy --device cuda
     python -m benchmarks.bench_pipeline --weights tiny --device cpu -n 2 \\
         --config baseline:dtype=float32,steps=4 --config fast:dtype=float32,steps=2
+    python -m benchmarks.bench_pipeline --weights tiny --device cpu --config triposr --baseline triposr
 
 Every configuration runs in this one process, after the device's matmul peak and copy
 bandwidth were measured, so speedups over the baseline and fractions of the floor are
@@ -17,7 +18,7 @@ import logging
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,13 +29,18 @@ from benchmarks.configs import DEFAULT_CONFIGS, PRESETS, BenchConfig, parse_conf
 from benchmarks.probes import StageProbe, StageSample, probe_stages
 from benchmarks.tables import pipeline_markdown
 from lift3d.settings import EngineSettings, Settings, load_settings
-from pipeline.engine import Engine, default_stages
-from pipeline.options import JobOptions
+from pipeline.engine import Engine, pipeline_stages
+from pipeline.options import JobOptions, default_pipeline
 from pipeline.stage import Stage
 
 log = logging.getLogger("lift3d.bench")
 
 StageFactory = Callable[[EngineSettings], list[Stage]]
+
+
+def profile_stages(settings: EngineSettings) -> list[Stage]:
+    """The stages of the profile's default pipeline (``profile=fast`` in a configuration benchmarks TripoSR)."""
+    return pipeline_stages(settings)[default_pipeline(settings)]
 
 
 @dataclass
@@ -44,6 +50,9 @@ class JobSample:
     total_s: float
     timings: dict[str, float]
     stages: dict[str, StageSample]
+    # The reconstruct stage's own sub-step seconds (encode, transformer, grid query, ...) and its model.
+    reconstruct_substeps: dict[str, float] = field(default_factory=dict)
+    reconstruct_model: str | None = None
 
 
 @dataclass
@@ -57,7 +66,7 @@ class PipelineRun:
     count_flops: bool = True
     matmul_size: int | None = None
     copy_megabytes: int | None = None
-    stage_factory: StageFactory = default_stages
+    stage_factory: StageFactory = profile_stages
     # Seconds after which no further configuration starts (the first always runs); None: no limit.
     time_budget_s: float | None = None
 
@@ -104,9 +113,15 @@ def summarize_config(
     everything = [sample for job in jobs for sample in job.stages.values()]
     total = _stage_report([job.total_s for job in jobs], total_flops, peak_flops, everything)
     median = total["latency_s"]["median"]
+    substep_names = list(dict.fromkeys(name for job in jobs for name in job.reconstruct_substeps))
     return {
         "stages": stages,
         "total": total,
+        "reconstruct_model": next((job.reconstruct_model for job in jobs if job.reconstruct_model), None),
+        "reconstruct_substeps": {
+            name: common.summarize([job.reconstruct_substeps[name] for job in jobs if name in job.reconstruct_substeps])
+            for name in substep_names
+        },
         "throughput_jobs_per_min": 60.0 / median if median else None,
         "samples": [
             {"image": job.image, "repeat": job.repeat, "total_s": job.total_s, "timings_s": job.timings}
@@ -170,12 +185,12 @@ def _run_config(cache: _EngineCache, config: BenchConfig, run: PipelineRun, peak
     probe = cache.probe
     photos = [(path.name, path.read_bytes()) for path in run.images]
 
-    def job(image: bytes, seed: int, *, count_flops: bool) -> tuple[float, dict[str, float]]:
+    def job(image: bytes, seed: int, *, count_flops: bool) -> tuple[float, dict[str, float], dict[str, Any]]:
         probe.start_job(count_flops=count_flops)
         started = time.perf_counter()
         result = engine.run(image, JobOptions(seed=seed, steps=config.steps))
         engine.runtime.synchronize()
-        return time.perf_counter() - started, result.timings
+        return time.perf_counter() - started, result.timings, result.metadata.get("reconstruct", {})
 
     for _ in range(run.warmup_jobs):
         job(photos[0][1], 0, count_flops=False)
@@ -187,8 +202,9 @@ def _run_config(cache: _EngineCache, config: BenchConfig, run: PipelineRun, peak
     jobs: list[JobSample] = []
     for repeat in range(run.repeats):
         for index, (name, data) in enumerate(photos):
-            total_s, timings = job(data, index, count_flops=False)
-            jobs.append(JobSample(name, repeat, total_s, timings, dict(probe.samples)))
+            total_s, timings, reconstruct = job(data, index, count_flops=False)
+            jobs.append(JobSample(name, repeat, total_s, timings, dict(probe.samples),
+                                  dict(reconstruct.get("timings", {})), reconstruct.get("model")))
             log.info("%s %s #%d: %.3fs", config.name, name, repeat, total_s)
     dtype_name = str(engine.runtime.dtype).removeprefix("torch.")
     peak = peaks["matmul"].get(dtype_name, {}).get("flops_per_second")
@@ -200,6 +216,7 @@ def _run_config(cache: _EngineCache, config: BenchConfig, run: PipelineRun, peak
         "load_s_by_stage": dict(getattr(engine, "load_seconds", {})),
         "warmup_s": cache.warmup_s,
         "peak_flops_per_second": peak,
+        "pipeline": default_pipeline(engine.settings),
         **summarize_config(engine.stage_names, jobs, counted, peak),
     }
 

@@ -52,6 +52,11 @@ PRESETS: dict[str, BenchConfig] = {
     "bf16-75": BenchConfig("bf16-75", "bfloat16", 75, preset="bf16-75", description="bf16, 75 steps"),
     "bf16-28": BenchConfig("bf16-28", "bfloat16", 28, preset="bf16-28", description="bf16, 28 steps"),
     "fp32-75": BenchConfig("fp32-75", "float32", 75, preset="fp32-75", description="fp32, 75 steps"),
+    # The fast pipeline (TripoSR; no diffusion, so steps do not apply): float32, as the reference runs it.
+    "triposr": BenchConfig(
+        "triposr", "float32", 1, settings={"profile": "fast"}, preset="triposr",
+        description="the fast pipeline: TripoSR in float32, marching cubes at 256 (tiny: 32), shared finishing",
+    ),
 }
 DEFAULT_CONFIGS = ("baseline", "fp16-28", "bf16-75", "bf16-28")
 

@@ -127,6 +127,23 @@ def stage_table(document: dict[str, Any], only: set[str] | None = None) -> list[
     return _table(header, rows)
 
 
+def substep_table(document: dict[str, Any]) -> list[str]:
+    """The reconstruct stage's sub-steps per configuration (NeRF: marching cubes; mesh: FlexiCubes extraction)."""
+    rows = []
+    for entry in document["configs"]:
+        if "error" in entry:
+            continue
+        for substep, latency in entry.get("reconstruct_substeps", {}).items():
+            rows.append([
+                entry["config"]["name"],
+                str(entry.get("reconstruct_model") or "–"),
+                substep,
+                fmt(latency["median"], 1e-3),
+                fmt(latency["p90"], 1e-3),
+            ])
+    return _table(["configuration", "reconstruct model", "sub-step", "median ms", "p90 ms"], rows) if rows else []
+
+
 def pipeline_markdown(document: dict[str, Any]) -> str:
     images = document["images"]
     lines = [
@@ -146,6 +163,7 @@ def pipeline_markdown(document: dict[str, Any]) -> str:
         "",
         *stage_table(document),
         "",
+        *(["## Reconstruct sub-steps", "", *substeps, ""] if (substeps := substep_table(document)) else []),
         "Speedup = the baseline's median / this median. Floor = counted FLOPs / the matmul peak "
         "measured above for the configuration's dtype; floor / measured = how close the stage runs "
         "to that floor (100 % = at the floor). A dash means not applicable: no torch FLOPs "

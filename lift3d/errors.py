@@ -33,6 +33,12 @@ class BadRequest(InputError):
     code = "bad_request"
 
 
+class RequestTimeout(BadRequest):
+    """The request body stopped arriving, or took longer than the body timeout (408)."""
+
+    code = "request_timeout"
+
+
 class EmptyImage(InputError):
     code = "empty_image"
 
@@ -87,6 +93,12 @@ class InvalidOption(InputError):
     code = "invalid_option"
 
 
+class InvalidOwner(InvalidOption):
+    """An owner id outside the grammar in server/owners.py (at submit, or in an owner route)."""
+
+    code = "invalid_owner"
+
+
 class IdempotencyKeyReused(InvalidOption):
     """The same Idempotency-Key came with a different request."""
 
@@ -95,6 +107,23 @@ class IdempotencyKeyReused(InvalidOption):
 
 class WebhookNotAllowed(InvalidOption):
     code = "webhook_not_allowed"
+
+
+class PipelineNotLoaded(InvalidOption):
+    """The job asked for a pipeline this server's profile does not load."""
+
+    code = "pipeline_not_loaded"
+
+    def __init__(self, pipeline: str, loaded: tuple[str, ...] | list[str]) -> None:
+        self.loaded_pipelines = list(loaded)
+        super().__init__(
+            f"pipeline {pipeline!r} is not loaded on this server; loaded: {', '.join(self.loaded_pipelines)}"
+        )
+
+    @property
+    def problem_fields(self) -> dict[str, object]:
+        """Extra members of the problem body (the client can retry with one of these)."""
+        return {"loaded_pipelines": self.loaded_pipelines}
 
 
 class EmptyReconstruction(InputError):
@@ -160,6 +189,12 @@ class QueueFull(Unavailable):
         self.retry_after_seconds = retry_after_seconds
 
 
+class UploadsBusy(QueueFull):
+    """The bytes of uploads being received at once would pass the server's budget (429, from the headers)."""
+
+    code = "uploads_busy"
+
+
 class ShuttingDown(Unavailable):
     code = "shutting_down"
     retry_after_seconds = 30
@@ -185,6 +220,52 @@ class DataDirInUse(Unavailable):
     code = "data_dir_in_use"
 
 
+class WorkerStopped(Unavailable):
+    """The worker thread has stopped (a bug): nothing queued would ever run, so nothing is taken."""
+
+    code = "worker_stopped"
+
+
+class StageHung(Unavailable):
+    """A stage ran past its job's deadline without returning; the worker is stuck inside it."""
+
+    code = "stage_hung"
+    retry_after_seconds = 60
+
+
+class StorageFull(Unavailable):
+    """The data directory's disk (or quota) is full: nothing can be stored until space is freed."""
+
+    code = "storage_full"
+    retry_after_seconds = 60
+
+
+class TooManyOpenFiles(Unavailable):
+    """The process ran out of file descriptors (EMFILE/ENFILE); it recovers as connections close."""
+
+    code = "too_many_open_files"
+    retry_after_seconds = 10
+
+
+class StorageUnavailable(Unavailable):
+    """Any other failure of the job store or result store: an I/O error, a read-only disk, or
+    an S3 endpoint that does not answer or refuses (after the client's own retries).
+
+    Retryable: a job that finished while the store was down fails with this code
+    (its model was not stored), and a later resubmission can succeed.
+    """
+
+    code = "storage_unavailable"
+    retry_after_seconds = 30
+
+
+class GpuOutOfMemory(Unavailable):
+    """CUDA ran out of memory during a stage; the cache was freed and a retry may fit."""
+
+    code = "gpu_out_of_memory"
+    retry_after_seconds = 10
+
+
 # -- stored results ----------------------------------------------------------------
 
 
@@ -201,7 +282,23 @@ class ResultDecryptionError(ResultStoreError):
     code = "result_undecryptable"
 
 
+class ResultStoreConfigError(ResultStoreError):
+    """``LIFT3D_RESULTS`` or a companion setting names no usable store (a start-up error)."""
+
+    code = "invalid_result_store"
+
+
 class EncryptionKeyError(ResultStoreError):
     """A configured key is not a base64-encoded 32-byte AES-256 key (a start-up error)."""
 
     code = "invalid_encryption_key"
+
+
+class EncryptionKeyMissing(EncryptionKeyError):
+    """Stored results name key ids that no configured key has (a start-up error, never a new key)."""
+
+    code = "encryption_key_missing"
+
+    def __init__(self, message: str, *, key_ids: list[str]) -> None:
+        super().__init__(message)
+        self.key_ids = key_ids

@@ -1,10 +1,12 @@
-"""Process-wide set-up every entry point shares: offline weights, and logs that leak nothing.
+"""Process-wide set-up every entry point shares: offline weights, logs that leak nothing, no core files.
 
 Called once at the top of ``serve``, ``generate`` and the RunPod worker, never at import.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import sys
@@ -33,6 +35,35 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("PIL").setLevel(logging.WARNING)
 
 
+PR_SET_DUMPABLE = 4
+
+
+def forbid_core_dumps() -> dict[str, bool]:
+    """No core file, and no memory reads by other users' tools: the process holds users' photos.
+
+    ``RLIMIT_CORE`` 0 stops the kernel writing a core file on a crash (a core holds the
+    whole heap, uploads included). ``PR_SET_DUMPABLE`` 0 (Linux) also makes
+    ``/proc/<pid>/mem``, ``ptrace`` and core pipes unavailable to anyone but root.
+    Returns which of the two took effect.
+    """
+    done = {"rlimit_core": False, "not_dumpable": False}
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        done["rlimit_core"] = True
+    except (ImportError, ValueError, OSError):
+        pass
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            done["not_dumpable"] = libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            pass
+    return done
+
+
 def prepare_process(log_level: int = logging.INFO) -> None:
+    forbid_core_dumps()
     go_offline()
     configure_logging(log_level)

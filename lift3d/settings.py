@@ -17,6 +17,17 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 BackgroundMode = Literal["auto", "on", "off"]
 TextureMode = Literal["uv", "vertex"]
+# A job's pipeline: "multiview" (Zero123++ -> InstantMesh; CC-BY-NC parts) or "fast" (TripoSR; MIT).
+PipelineName = Literal["multiview", "fast"]
+# What a server loads (docs/profiles.md): each profile names its pipelines, default first.
+ServerProfile = Literal["fast", "quality", "all"]
+PROFILE_PIPELINES: dict[str, tuple[PipelineName, ...]] = {
+    "fast": ("fast",),
+    "quality": ("multiview",),
+    "all": ("multiview", "fast"),
+}
+# InstantMesh reconstruction models: the NeRF variants and the FlexiCubes (mesh) variants.
+ReconstructModel = Literal["instant-nerf-base", "instant-nerf-large", "instant-mesh-base", "instant-mesh-large"]
 
 
 class DecodeSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,7 +51,11 @@ class MultiviewSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
-    model: Literal["instant-nerf-base", "instant-nerf-large"] = "instant-nerf-large"
+    # The server default; a job may pick any loaded model (``reconstruct_model`` option).
+    model: ReconstructModel = "instant-mesh-large"
+    # Loaded beside ``model`` so jobs can choose them; each costs its weights' memory.
+    extra_models: tuple[ReconstructModel, ...] = ()
+    # Density grid of the NeRF variants (the mesh variants use their own FlexiCubes grid, 128).
     grid_resolution: int = 256
     density_threshold: float = 10.0
     # With random weights (tiny/dummy) the density has no scale: the iso-level is
@@ -48,6 +63,25 @@ class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
     random_weights_iso_quantile: float = 0.7
     color_query_chunk: int = 262_144
     views: Literal[6, 4] = 6
+
+    @property
+    def loaded_models(self) -> tuple[str, ...]:
+        """The default first, then the extras, each once."""
+        return tuple(dict.fromkeys((self.model, *self.extra_models)))
+
+
+class FastSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``fast`` pipeline's single-view reconstruction (TripoSR)."""
+
+    grid_resolution: int = 256
+    # The reference's marching-cubes density level; with random weights the
+    # reconstruct settings' quantile rule applies instead, as in the multiview path.
+    density_threshold: float = 25.0
+    # TripoSR frames the object itself at this ratio; the cut-out is made at cutout_size
+    # so the 512 px conditioning image is not upscaled from the multiview path's 320 px.
+    foreground_ratio: float = 0.85
+    cutout_size: int = 512
+    query_chunk: int = 262_144
 
 
 class FinishSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,15 +102,23 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     dtype: DtypeChoice = "auto"
     weights: WeightsMode = "locked"
     weights_dir: str = "~/.cache/lift3d/weights"
+    # Which pipelines are loaded (PROFILE_PIPELINES); "quality" is today's multiview-only server.
+    profile: ServerProfile = "quality"
     decode: DecodeSettings = msgspec.field(default_factory=DecodeSettings)
     background: BackgroundSettings = msgspec.field(default_factory=BackgroundSettings)
     multiview: MultiviewSettings = msgspec.field(default_factory=MultiviewSettings)
     reconstruct: ReconstructSettings = msgspec.field(default_factory=ReconstructSettings)
+    fast: FastSettings = msgspec.field(default_factory=FastSettings)
     finish: FinishSettings = msgspec.field(default_factory=FinishSettings)
 
     @property
     def weights_path(self) -> Path:
         return Path(self.weights_dir).expanduser()
+
+    @property
+    def pipelines(self) -> tuple[PipelineName, ...]:
+        """The pipelines this profile loads, the default one first."""
+        return PROFILE_PIPELINES[self.profile]
 
 
 class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,6 +127,8 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     api_keys: tuple[str, ...] = ()
     queue_size: int = 8
     job_deadline_seconds: float = 600.0
+    # A running stage still inside its job this long past the deadline is declared hung (the watchdog).
+    watchdog_grace_seconds: float = 30.0
     shutdown_grace_seconds: float = 120.0
     cors_origins: tuple[str, ...] = ()
     sse_keepalive_seconds: float = 15.0
@@ -94,6 +138,21 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     link_ttl_seconds: float = 15 * 60
     # The built-in demo page at /demo (it holds no data and asks for an API key itself).
     demo: bool = True
+    # First start on a pod: fetch missing weights before loading (server/weights_gate.py).
+    pull_missing: bool = False
+    # ...including weights.lock entries not pinned yet (as `lift3d weights pull --allow-unverified`).
+    allow_unverified_weights: bool = False
+    # URL prefixes the RunPod worker may fetch image_url from even when they resolve to
+    # private/loopback addresses (everything public is allowed; see docs/security.md).
+    image_url_allowlist: tuple[str, ...] = ()
+    # Connection limits (server/limits.py, docs/security.md).
+    max_connections: int = 256
+    header_timeout_seconds: float = 10.0
+    keep_alive_seconds: float = 5.0
+    body_idle_timeout_seconds: float = 15.0
+    body_timeout_seconds: float = 120.0
+    # Bytes of uploads being read at once; 0 = queue_size x max_upload_bytes.
+    max_upload_bytes_in_flight: int = 0
 
 
 class StorageSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,6 +170,17 @@ class StorageSettings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_backoff_seconds: float = 1.0
     webhook_backoff_max_seconds: float = 60.0
     webhook_timeout_seconds: float = 10.0
+    # Where results live: "local" (encrypted files in the data dir) or "s3://bucket/prefix"
+    # (endpoint, region and credentials from the AWS SDK's own chain; docs/storage.md).
+    results: str = "local"
+    # S3 only. "client": our AES-256-GCM before upload, downloads through the server;
+    # "provider": the provider's SSE (results_sse), and presigned GET URLs in job views and webhooks.
+    results_encryption: Literal["client", "provider"] = "client"
+    results_sse: Literal["AES256", "aws:kms"] = "AES256"
+    results_kms_key_id: str = ""
+    results_url_ttl_seconds: int = 900
+    # botocore has no environment variable for this one; MinIO on a plain hostname needs "path".
+    results_addressing_style: Literal["auto", "path", "virtual"] = "auto"
 
     @property
     def data_path(self) -> Path:
@@ -159,22 +229,35 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_DTYPE": ("engine.dtype", str),
     "LIFT3D_WEIGHTS": ("engine.weights", str),
     "LIFT3D_WEIGHTS_DIR": ("engine.weights_dir", str),
+    "LIFT3D_PROFILE": ("engine.profile", str),
     "LIFT3D_MAX_UPLOAD_BYTES": ("engine.decode.max_upload_bytes", int),
     "LIFT3D_MAX_PIXELS": ("engine.decode.max_pixels", int),
     "LIFT3D_BACKGROUND_MODEL": ("engine.background.model", str),
     "LIFT3D_STEPS": ("engine.multiview.steps", int),
     "LIFT3D_RECONSTRUCT_MODEL": ("engine.reconstruct.model", str),
+    "LIFT3D_RECONSTRUCT_EXTRA_MODELS": ("engine.reconstruct.extra_models", _split_list),
     "LIFT3D_GRID_RESOLUTION": ("engine.reconstruct.grid_resolution", int),
+    "LIFT3D_FAST_GRID_RESOLUTION": ("engine.fast.grid_resolution", int),
     "LIFT3D_HOST": ("server.host", str),
     "LIFT3D_PORT": ("server.port", int),
     "LIFT3D_API_KEYS": ("server.api_keys", _split_list),
     "LIFT3D_QUEUE_SIZE": ("server.queue_size", int),
     "LIFT3D_JOB_DEADLINE_SECONDS": ("server.job_deadline_seconds", float),
+    "LIFT3D_WATCHDOG_GRACE_SECONDS": ("server.watchdog_grace_seconds", float),
     "LIFT3D_SHUTDOWN_GRACE_SECONDS": ("server.shutdown_grace_seconds", float),
     "LIFT3D_CORS_ORIGINS": ("server.cors_origins", _split_list),
     "LIFT3D_DEMO": ("server.demo", _flag),
     "LIFT3D_LINK_SECRET": ("server.link_secret", str),
     "LIFT3D_LINK_TTL_SECONDS": ("server.link_ttl_seconds", float),
+    "LIFT3D_PULL_MISSING": ("server.pull_missing", _flag),
+    "LIFT3D_ALLOW_UNVERIFIED": ("server.allow_unverified_weights", _flag),
+    "LIFT3D_IMAGE_URL_ALLOWLIST": ("server.image_url_allowlist", _split_list),
+    "LIFT3D_MAX_CONNECTIONS": ("server.max_connections", int),
+    "LIFT3D_HEADER_TIMEOUT_SECONDS": ("server.header_timeout_seconds", float),
+    "LIFT3D_KEEP_ALIVE_SECONDS": ("server.keep_alive_seconds", float),
+    "LIFT3D_BODY_IDLE_TIMEOUT_SECONDS": ("server.body_idle_timeout_seconds", float),
+    "LIFT3D_BODY_TIMEOUT_SECONDS": ("server.body_timeout_seconds", float),
+    "LIFT3D_MAX_UPLOAD_BYTES_IN_FLIGHT": ("server.max_upload_bytes_in_flight", int),
     "LIFT3D_DATA_DIR": ("storage.data_dir", str),
     "LIFT3D_RETENTION_SECONDS": ("storage.default_retention_seconds", int),
     "LIFT3D_MAX_RETENTION_SECONDS": ("storage.max_retention_seconds", int),
@@ -183,6 +266,12 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_WEBHOOK_SECRET": ("storage.webhook_secret", str),
     "LIFT3D_WEBHOOK_ALLOWLIST": ("storage.webhook_allowlist", _split_list),
     "LIFT3D_WEBHOOK_MAX_ATTEMPTS": ("storage.webhook_max_attempts", int),
+    "LIFT3D_RESULTS": ("storage.results", str),
+    "LIFT3D_RESULTS_ENCRYPTION": ("storage.results_encryption", str),
+    "LIFT3D_RESULTS_SSE": ("storage.results_sse", str),
+    "LIFT3D_RESULTS_KMS_KEY_ID": ("storage.results_kms_key_id", str),
+    "LIFT3D_RESULTS_URL_TTL_SECONDS": ("storage.results_url_ttl_seconds", int),
+    "LIFT3D_RESULTS_ADDRESSING_STYLE": ("storage.results_addressing_style", str),
 }
 
 

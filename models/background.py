@@ -54,9 +54,21 @@ def onnx_providers(prefer_cuda: bool = True) -> list[str]:
     """CUDA when this onnxruntime build offers it (onnxruntime-gpu), else CPU; always named explicitly."""
     import onnxruntime
 
-    if prefer_cuda and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+    available = onnxruntime.get_available_providers()
+    if prefer_cuda and "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if prefer_cuda:
+        log.warning(
+            "onnxruntime offers no CUDAExecutionProvider (providers: %s; the CUDA image installs onnxruntime-gpu): "
+            "background removal runs on the CPU",
+            ", ".join(available),
+        )
     return ["CPUExecutionProvider"]
+
+
+def session_provider(session: Any) -> str:
+    """The provider a session actually runs on (onnxruntime drops CUDA itself when its libraries fail to load)."""
+    return session.inner_session.get_providers()[0]
 
 
 def _pinned_session_class(name: str, path: Path) -> type:
@@ -86,5 +98,8 @@ def load_session(weights_dir: Path, name: str, *, prefer_cuda: bool = True) -> A
     providers = onnx_providers(prefer_cuda)
     session_class = _pinned_session_class(name, path)
     session = session_class(name, onnxruntime.SessionOptions(), providers=providers)
-    log.info("rembg %s loaded from %s on %s", name, path, session.inner_session.get_providers()[0])
+    provider = session_provider(session)
+    if providers[0] != provider:
+        log.warning("rembg %s: %s did not load, running on %s", name, providers[0], provider)
+    log.info("rembg %s loaded from %s on %s", name, path, provider)
     return session

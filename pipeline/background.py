@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
+import msgspec
 import numpy as np
 from PIL import Image
 
@@ -62,8 +63,11 @@ class RembgSegmenter:
     def __init__(self, weights_dir: Path, model: str, prefer_cuda: bool) -> None:
         from models.background import load_session
 
+        from models.background import session_provider
+
         self.name = model
         self._session = load_session(weights_dir, model, prefer_cuda=prefer_cuda)
+        self.provider = session_provider(self._session)
 
     def mask(self, image: Image.Image) -> Image.Image:
         # The session's predict() rather than rembg.remove(): remove() re-applies EXIF
@@ -81,6 +85,7 @@ class BorderColourSegmenter:
     """
 
     name = "border-colour-heuristic"
+    provider = "none"  # plain numpy, no onnxruntime session
 
     def __init__(self, threshold: float = 40.0) -> None:
         self.threshold = threshold
@@ -178,10 +183,27 @@ class BackgroundStage:
     # input_bytes: kept by the decode stage for a finer decode of a reduced JPEG, dropped here.
     writes = frozenset({"cutout", "metadata", "previews", "input_bytes"})
 
-    def __init__(self, segmenter: Segmenter | None = None) -> None:
+    def __init__(self, segmenter: Segmenter | None = None, *, output_size: int | None = None) -> None:
         self._segmenter = segmenter
+        # A pipeline whose model takes a larger image than the settings' size (TripoSR: 512 px).
+        self.output_size = output_size
+        self._shares: BackgroundStage | None = None
+
+    def resized(self, output_size: int) -> "BackgroundStage":
+        """The same stage at another cut-out size, sharing this one's segmentation model (loaded once)."""
+        twin = BackgroundStage(self._segmenter, output_size=output_size)
+        twin._shares = self
+        return twin
+
+    @property
+    def provider(self) -> str | None:
+        """Where segmentation runs (an onnxruntime execution provider), once loaded; for /v1/info."""
+        return getattr(self._segmenter, "provider", None)
 
     def load(self, runtime: Runtime) -> None:
+        if self._segmenter is None and self._shares is not None:
+            self._shares.load(runtime)
+            self._segmenter = self._shares._segmenter
         if self._segmenter is None:
             self._segmenter = self._load_segmenter(runtime)
 
@@ -200,7 +222,10 @@ class BackgroundStage:
 
     def run(self, job: JobState, ctx: StageContext) -> None:
         try:
-            self._run(job, ctx, ctx.runtime.settings.background)
+            settings = ctx.runtime.settings.background
+            if self.output_size is not None:
+                settings = msgspec.structs.replace(settings, output_size=self.output_size)
+            self._run(job, ctx, settings)
         finally:
             job.input_bytes = None  # kept by the decode stage only for _finer_decode
 

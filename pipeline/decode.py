@@ -48,6 +48,7 @@ from lift3d.settings import DecodeSettings
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import JobState
+from pipeline.wipe import BufferReader, wipe_image
 
 log = logging.getLogger("lift3d.decode")
 
@@ -141,8 +142,15 @@ def decode_upload(data: bytes, settings: DecodeSettings, *, min_side: int = DEFA
             reduction = _apply_draft(image, reduction, finest, settings.max_pixels)
         frame = _decode_first_frame(image, data, fmt)
     finally:
+        # The parser's own bitmap is a copy of the photo too: zeroed before it is freed.
+        wipe_image(image)
         image.close()
-    return DecodedImage(_normalise(_upright(frame)), fmt, reduction, finest)
+    upright = _upright(frame)
+    final = _normalise(upright)
+    for intermediate in {id(frame): frame, id(upright): upright}.values():
+        if intermediate is not final:
+            wipe_image(intermediate)
+    return DecodedImage(final, fmt, reduction, finest)
 
 
 def _check_complete(data: bytes, fmt: str) -> None:
@@ -176,7 +184,8 @@ def webp_canvas_size(data: bytes) -> tuple[int, int]:
 
 def _open_header(data: bytes, fmt: str) -> Image.Image:
     try:
-        return _HEADER_READERS[fmt](io.BytesIO(data))
+        # BufferReader, not BytesIO: BytesIO copies a bytearray upload (a copy nobody would wipe).
+        return _HEADER_READERS[fmt](BufferReader(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         # Pillow's own check, at its default limit: a GIF frame reaching far outside its screen.
         raise TooManyPixels(f"the {fmt} header declares a frame far larger than the pixel limit") from error
@@ -287,14 +296,24 @@ def _has_alpha(image: Image.Image) -> bool:
 
 
 def _normalise(image: Image.Image) -> Image.Image:
-    """P/L/LA/1/CMYK/I;16/I/RGBA -> RGB, or RGBA when the alpha channel is real (not all opaque)."""
+    """P/L/LA/1/CMYK/I;16/I/RGBA -> RGB, or RGBA when the alpha channel is real (not all opaque).
+
+    The images made on the way are zeroed once the next one exists (the input is the caller's).
+    """
+    given = image
+
+    def step(made: Image.Image) -> Image.Image:
+        if made is not image and image is not given:
+            wipe_image(image)
+        return made
+
     if image.mode.startswith("I") or image.mode == "F":
-        image = _high_depth_to_l(image)
-    image = _to_srgb(image)
+        image = step(_high_depth_to_l(image))
+    image = step(_to_srgb(image))
     rgba_wanted = _has_alpha(image)
-    image = image.convert("RGBA" if rgba_wanted else "RGB")
+    image = step(image.convert("RGBA" if rgba_wanted else "RGB"))
     if rgba_wanted and image.getchannel("A").getextrema()[0] == 255:
-        image = image.convert("RGB")
+        image = step(image.convert("RGB"))
     return image
 
 

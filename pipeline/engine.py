@@ -10,12 +10,12 @@ import io
 import logging
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from lift3d.settings import EngineSettings
-from lift3d.errors import Lift3dError
+from lift3d.errors import Lift3dError, PipelineNotLoaded
 from pipeline.events import CancelToken, ProgressBus, ProgressEvent, ProgressHandler
-from pipeline.options import JobOptions, resolve_options
+from pipeline.options import JobOptions, default_pipeline, resolve_options
 from pipeline.runtime import Runtime
 from pipeline.stage import Stage, StageContext
 from pipeline.state import JobResult, JobState
@@ -36,6 +36,45 @@ def default_stages(settings: EngineSettings) -> list[Stage]:
     return [DecodeStage(), BackgroundStage(), MultiviewStage(), ReconstructStage(), FinishStage()]
 
 
+def pipeline_stages(settings: EngineSettings) -> dict[str, list[Stage]]:
+    """The stage list of each pipeline the profile loads; stages without a model of their own are shared.
+
+    multiview: decode -> background -> multiview -> reconstruct -> finish
+    fast:      decode -> background (512 px cut-out) -> reconstruct (TripoSR) -> finish
+    """
+    from pipeline.background import BackgroundStage
+    from pipeline.decode import DecodeStage
+    from pipeline.finish import FinishStage
+
+    decode, background, finish = DecodeStage(), BackgroundStage(), FinishStage()
+    pipelines: dict[str, list[Stage]] = {}
+    for name in settings.pipelines:
+        if name == "multiview":
+            from pipeline.multiview import MultiviewStage
+            from pipeline.reconstruct import ReconstructStage
+
+            pipelines[name] = [decode, background, MultiviewStage(), ReconstructStage(), finish]
+        elif name == "fast":
+            from pipeline.single_view import SingleViewReconstructStage
+
+            pipelines[name] = [decode, background.resized(settings.fast.cutout_size), SingleViewReconstructStage(), finish]
+    return pipelines
+
+
+def licence_reports(settings: EngineSettings, pipelines: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each pipeline's artifacts and licences (weights.lock); empty where the lock cannot be read."""
+    from lift3d.weights.catalog import LockError, licence_report
+
+    reports: dict[str, list[dict[str, Any]]] = {}
+    for name in pipelines:
+        try:
+            reports[name] = licence_report(name, settings)
+        except (LockError, OSError, KeyError) as error:
+            log.warning("no licence report for pipeline %s (%s)", name, type(error).__name__)
+            reports[name] = []
+    return reports
+
+
 def warmup_image_png(size: int = 256) -> bytes:
     """A synthetic object (a shaded disc on white) used to warm every stage."""
     from PIL import Image, ImageDraw
@@ -54,6 +93,12 @@ class StageContractError(Lift3dError):
     """A stage read a field no earlier stage set, or changed one it does not declare (a bug)."""
 
     code = "stage_contract_violated"
+
+
+def _spans(stages: list[Stage]) -> list[float]:
+    """Each stage's share of the job's progress bar."""
+    total_weight = sum(stage.progress_weight for stage in stages) or 1.0
+    return [stage.progress_weight / total_weight for stage in stages]
 
 
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(JobState))
@@ -89,14 +134,27 @@ class Engine:
     """
 
     def __init__(
-        self, settings: EngineSettings, stages: Iterable[Stage] | None = None, *, check_contracts: bool = False
+        self,
+        settings: EngineSettings,
+        stages: Iterable[Stage] | None = None,
+        *,
+        pipelines: Mapping[str, Iterable[Stage]] | None = None,
+        check_contracts: bool = False,
     ) -> None:
         self.settings = settings
         self.check_contracts = check_contracts
         self.runtime = Runtime.from_settings(settings)
-        self.stages: list[Stage] = list(stages) if stages is not None else default_stages(settings)
-        total_weight = sum(stage.progress_weight for stage in self.stages) or 1.0
-        self._spans = [stage.progress_weight / total_weight for stage in self.stages]
+        if pipelines is not None:
+            self.pipelines = {name: list(chain) for name, chain in pipelines.items()}
+        elif stages is not None:
+            self.pipelines = {default_pipeline(settings): list(stages)}
+        else:
+            self.pipelines = pipeline_stages(settings)
+        # The default pipeline's stages (what a job without a ``pipeline`` option runs).
+        self.stages: list[Stage] = self.pipelines.get(default_pipeline(settings)) or next(iter(self.pipelines.values()))
+        self._spans_by_pipeline = {name: _spans(chain) for name, chain in self.pipelines.items()}
+        self._spans = _spans(self.stages)
+        self.licences = licence_reports(settings, self.pipelines)
         self.loaded = False
         # Seconds each stage took to load its models (reported by /health and the CLI).
         self.load_seconds: dict[str, float] = {}
@@ -111,11 +169,17 @@ class Engine:
         with self._load_lock:
             if self.loaded:
                 return
-            for stage in self.stages:
-                started = time.perf_counter()
-                stage.load(self.runtime)
-                self.load_seconds[stage.name] = time.perf_counter() - started
-                log.info("loaded stage %s in %.2fs", stage.name, self.load_seconds[stage.name])
+            seen: set[int] = set()
+            for pipeline, chain in self.pipelines.items():
+                for stage in chain:
+                    if id(stage) in seen:  # shared by two pipelines: loaded once
+                        continue
+                    seen.add(id(stage))
+                    key = stage.name if stage.name not in self.load_seconds else f"{pipeline}.{stage.name}"
+                    started = time.perf_counter()
+                    stage.load(self.runtime)
+                    self.load_seconds[key] = time.perf_counter() - started
+                    log.info("loaded stage %s in %.2fs", key, self.load_seconds[key])
             self.loaded = True
 
     def warmup(self) -> JobResult:
@@ -124,8 +188,14 @@ class Engine:
             self.load()
         steps = min(WARMUP_STEPS, self.settings.multiview.steps)
         # remove_background="on" so the segmentation session is exercised too (its first
-        # run allocates); the synthetic object always yields a mask.
-        return self.run(warmup_image_png(), JobOptions(seed=0, steps=steps, remove_background="on"))
+        # run allocates); the synthetic object always yields a mask. Every loaded pipeline
+        # runs once; the default one last, so its result is the one returned.
+        result: JobResult | None = None
+        for pipeline in sorted(self.pipelines, key=lambda name: self.pipelines[name] is self.stages):
+            options = JobOptions(seed=0, steps=steps, remove_background="on", pipeline=pipeline)  # type: ignore[arg-type]
+            result = self.run(warmup_image_png(), options)
+        assert result is not None
+        return result
 
     def run(
         self,
@@ -138,6 +208,9 @@ class Engine:
         if not self.loaded:
             self.load()
         resolved = resolve_options(options or JobOptions(), self.settings)
+        if resolved.pipeline not in self.pipelines:
+            raise PipelineNotLoaded(resolved.pipeline, list(self.pipelines))
+        stages, spans = self.pipelines[resolved.pipeline], self._spans_by_pipeline[resolved.pipeline]
         bus = ProgressBus()
         if callable(progress):
             bus.subscribe(progress)
@@ -146,11 +219,16 @@ class Engine:
                 bus.subscribe(handler)
         cancel = cancel or CancelToken()
         job = JobState(options=resolved, input_bytes=image_bytes)
-        job.metadata.update(weights_mode=self.settings.weights, seed=resolved.seed)
+        job.metadata.update(
+            weights_mode=self.settings.weights,
+            seed=resolved.seed,
+            pipeline=resolved.pipeline,
+            artifacts=[dict(row) for row in self.licences.get(resolved.pipeline, [])],
+        )
         timings: dict[str, float] = {}
         start_fraction = 0.0
         try:
-            for stage, span in zip(self.stages, self._spans):
+            for stage, span in zip(stages, spans):
                 cancel.raise_if_cancelled()
                 ctx = StageContext(self.runtime, stage.name, bus, cancel, start_fraction, span)
                 ctx.report(0, 1, "started", check_cancel=False)

@@ -21,8 +21,8 @@ from typing import Any, Callable, Literal
 
 import msgspec
 
-from lift3d.errors import InvalidOption
-from lift3d.settings import EngineSettings
+from lift3d.errors import InvalidOption, PipelineNotLoaded
+from lift3d.settings import EngineSettings, PipelineName
 
 Kind = Literal["integer", "number", "boolean", "string"]
 
@@ -158,7 +158,18 @@ ENGINE_OPTIONS: tuple[Option, ...] = (
         choices=("uv", "vertex"), server_default=lambda s: s.finish.texture, default_doc="uv",
     ),
     Option("return_views", "boolean", "Also keep the six generated views as views.png.", default=False),
+    # Resolved together below: which pipelines and models exist depends on the loaded profile.
+    Option(
+        "pipeline", "string", "multiview (Zero123++ + InstantMesh) or fast (TripoSR); it must be loaded (/v1/info).",
+        choices=("multiview", "fast"), default_doc="multiview where loaded, else the profile's first",
+    ),
+    Option(
+        "reconstruct_model", "string", "The multiview pipeline's reconstruction model, one the server loaded (/v1/info).",
+        max_length=100, default_doc="LIFT3D_RECONSTRUCT_MODEL",
+    ),
 )
+# Options whose default and check depend on other options (``_resolve_pipeline``).
+_CROSS_FIELD = {"pipeline", "reconstruct_model"}
 OPTIONS_BY_NAME = {option.name: option for option in ENGINE_OPTIONS}
 
 # What the client asked for; ``None`` means "the server's default".
@@ -179,10 +190,41 @@ ResolvedOptions = msgspec.defstruct(
 )
 
 
+def default_pipeline(settings: EngineSettings) -> PipelineName:
+    loaded = settings.pipelines
+    return "multiview" if "multiview" in loaded else loaded[0]
+
+
+def _resolve_pipeline(options: Any, settings: EngineSettings) -> tuple[str, str]:
+    pipeline = options.pipeline or default_pipeline(settings)
+    OPTIONS_BY_NAME["pipeline"].check_value(pipeline)
+    if pipeline not in settings.pipelines:
+        raise PipelineNotLoaded(pipeline, settings.pipelines)
+    if pipeline != "multiview":
+        # The fast pipeline has one reconstruction model (TripoSR): reconstruct_model names InstantMesh's.
+        if options.reconstruct_model:
+            raise InvalidOption(
+                "reconstruct_model chooses the multiview pipeline's model; the fast pipeline has only TripoSR",
+                code="invalid_reconstruct_model",
+            )
+        return pipeline, ""
+    loaded = settings.reconstruct.loaded_models
+    chosen = options.reconstruct_model or settings.reconstruct.model
+    if chosen not in loaded:
+        raise InvalidOption(
+            f"reconstruct_model must be one of the loaded models {', '.join(loaded)}; got {chosen!r}",
+            code="invalid_reconstruct_model",
+        )
+    return pipeline, chosen
+
+
 def resolve_options(options: Any, settings: EngineSettings) -> Any:
     """The server's defaults filled in and every value checked (the HTTP edge and the CLI alike)."""
     values: dict[str, Any] = {}
+    values["pipeline"], values["reconstruct_model"] = _resolve_pipeline(options, settings)
     for option in ENGINE_OPTIONS:
+        if option.name in _CROSS_FIELD:
+            continue
         value = getattr(options, option.name)
         if value is None:
             value = option.server_default(settings) if option.server_default else option.default

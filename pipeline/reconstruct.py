@@ -1,7 +1,14 @@
-"""Reconstruct stage: six views -> triplanes -> density grid -> marching cubes -> coloured mesh.
+"""Reconstruct stage: six views -> triplanes -> a surface -> coloured mesh.
+
+Two model families share the stage: the NeRF variants (density grid -> marching
+cubes) and the mesh variants (sdf, deformation and weights on the FlexiCubes grid ->
+FlexiCubes). Both give world-frame vertices, faces and a colour field read from the
+same planes, so the finishing stage bakes either unchanged. Each job picks one of the
+loaded models (``options.reconstruct_model``; the server default is
+``reconstruct.model``, ``reconstruct.extra_models`` are loaded beside it).
 
 Sub-steps (each reported, with a cancellation check between them): encode,
-transformer, grid query, marching cubes, colour query.
+transformer, grid query, marching cubes / extraction, colour query.
 
 Iso-level: in ``locked`` mode the density is the trained model's and the surface is
 taken at ``reconstruct.density_threshold`` (10, the reference's value). With random
@@ -12,7 +19,11 @@ outer layer is pushed below that level so the surface closes at the box. The rul
 and the weights mode are recorded in ``job.metadata`` and ``job.qa``: that geometry
 is not a model's.
 
-In ``tiny`` mode the grid resolution is capped at the tiny configuration's
+The mesh variants' surface is the sdf's zero level in ``locked`` mode; with random
+weights the same quantile rule picks the level (the same fraction of the grid inside)
+and the grid's outer vertices are pushed outside.
+
+In ``tiny`` mode the NeRF grid resolution is capped at the tiny configuration's
 ``mesh_resolution`` (32) so whole jobs run in seconds on a CPU.
 """
 
@@ -28,8 +39,10 @@ import torch
 from lift3d.settings import ReconstructSettings
 from models.instantmesh.cameras import view_indices, zero123plus_cameras
 from models.instantmesh.loading import LoadReport, load_for_mode
+from models.instantmesh.lrm import InstantMesh
 from lift3d.errors import EmptyReconstruction, Lift3dError
 from models.isosurface.marching_cubes import marching_cubes
+from pipeline.iso_levels import choose_iso_level, choose_sdf_level, close_at_border, close_sdf_at_border
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import ColorQuery, JobState, ReconstructedMesh
@@ -37,6 +50,7 @@ from pipeline.state import ColorQuery, JobState, ReconstructedMesh
 log = logging.getLogger("lift3d.reconstruct")
 
 SUBSTEPS = ("encode", "transformer", "grid query", "marching cubes", "colour query")
+MESH_SUBSTEPS = ("encode", "transformer", "grid query", "extraction", "colour query")
 
 
 class TriplaneField(Protocol):
@@ -48,35 +62,17 @@ class TriplaneField(Protocol):
 
 
 class ReconstructionModel(Protocol):
-    """What the stage needs of the model (``models.instantmesh.InstantNeRF`` provides it)."""
+    """What the stage needs of a NeRF-family model (``models.instantmesh.InstantNeRF`` provides it).
+
+    Mesh-family models (``models.instantmesh.InstantMesh``) add ``surface`` and a
+    synthesizer with ``vertex_geometry``; the stage tells them apart by that class.
+    """
 
     synthesizer: TriplaneField
 
     def encode(self, images: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor: ...
 
     def planes_from_tokens(self, tokens: torch.Tensor, batch: int) -> torch.Tensor: ...
-
-
-def choose_iso_level(grid: torch.Tensor, *, weights_mode: str, settings: ReconstructSettings) -> tuple[float, str]:
-    if weights_mode == "locked":
-        return float(settings.density_threshold), f"threshold {settings.density_threshold:g}"
-    quantile = float(settings.random_weights_iso_quantile)
-    flat = grid.reshape(-1)
-    k = min(max(int(quantile * flat.numel()), 1), flat.numel() - 1)
-    lower = flat.kthvalue(k).values
-    upper = flat.kthvalue(k + 1).values
-    level = float((lower.double() + upper.double()) / 2)
-    return level, f"quantile {quantile:g} of the density grid ({weights_mode} weights: density has no scale)"
-
-
-def close_at_border(grid: torch.Tensor, level: float) -> torch.Tensor:
-    """Push the outer layer below ``level`` so the iso-surface of a random field is closed."""
-    closed = grid.clone()
-    floor = min(float(grid.min()), level) - 1.0
-    for axis in range(3):
-        closed.narrow(axis, 0, 1).fill_(floor)
-        closed.narrow(axis, closed.shape[axis] - 1, 1).fill_(floor)
-    return closed
 
 
 def make_color_query(field: TriplaneField, planes: torch.Tensor, chunk: int) -> ColorQuery:
@@ -97,8 +93,9 @@ def make_color_query(field: TriplaneField, planes: torch.Tensor, chunk: int) -> 
 class SubSteps:
     """Times each sub-step (CUDA-synchronised), reports it, then honours a pending cancellation."""
 
-    def __init__(self, ctx: StageContext) -> None:
+    def __init__(self, ctx: StageContext, names: tuple[str, ...] = SUBSTEPS) -> None:
         self.ctx = ctx
+        self.names = names
         self.timings: dict[str, float] = {}
         self._last = time.perf_counter()
 
@@ -107,7 +104,7 @@ class SubSteps:
         now = time.perf_counter()
         self.timings[name] = round(now - self._last, 4)
         self._last = now
-        self.ctx.report(SUBSTEPS.index(name) + 1, len(SUBSTEPS), name)
+        self.ctx.report(self.names.index(name) + 1, len(self.names), name)
         self.ctx.check_cancelled()
 
 
@@ -118,23 +115,34 @@ class ReconstructStage:
     writes: ClassVar[frozenset[str]] = frozenset({"mesh", "metadata", "qa"})
 
     def __init__(self, model: ReconstructionModel | None = None, *, grid_resolution_cap: int | None = None) -> None:
+        # A model handed in (tests, benchmarks) serves every job; otherwise load() fills one per loaded name.
         self.model = model
+        self.models: dict[str, ReconstructionModel] = {}
         self.grid_resolution_cap = grid_resolution_cap
         self.load_report: LoadReport | None = None
+        self.load_reports: dict[str, LoadReport | None] = {}
         self.model_name = ""
 
     def load(self, runtime: Runtime) -> None:
         settings = runtime.settings.reconstruct
-        if self.model is None:
-            model, self.load_report = load_for_mode(
-                runtime.weights_mode, settings.model, weights_dir=runtime.weights_dir, device=runtime.device
-            )
-            self.model = model
-            self.model_name = model.config.name
-            if runtime.weights_mode == "tiny":
-                self.grid_resolution_cap = model.config.mesh_resolution
-        else:
+        if self.model is not None:
             self.model_name = type(self.model).__name__
+            return
+        for name in settings.loaded_models:
+            model, report = load_for_mode(runtime.weights_mode, name, weights_dir=runtime.weights_dir, device=runtime.device)
+            self.models[name], self.load_reports[name] = model, report
+            if runtime.weights_mode == "tiny" and not isinstance(model, InstantMesh):
+                self.grid_resolution_cap = model.config.mesh_resolution
+        self.model_name = settings.model
+        self.load_report = self.load_reports.get(settings.model)
+
+    def _pick(self, job: JobState, settings: ReconstructSettings) -> tuple[str, ReconstructionModel]:
+        if self.model is not None:
+            return self.model_name, self.model
+        wanted = getattr(job.options, "reconstruct_model", "") or settings.model
+        if wanted not in self.models:
+            raise Lift3dError(f"reconstruct model {wanted!r} is not loaded (loaded: {', '.join(self.models)})")
+        return wanted, self.models[wanted]
 
     def grid_resolution(self, settings: ReconstructSettings) -> int:
         resolution = settings.grid_resolution
@@ -152,25 +160,16 @@ class ReconstructStage:
         selected = images[list(view_indices(views))]
         return selected.to(device=device, dtype=torch.float32).clamp(0.0, 1.0).unsqueeze(0)
 
-    @torch.inference_mode()
-    def run(self, job: JobState, ctx: StageContext) -> None:
+    def _density_surface(
+        self, model: ReconstructionModel, planes: torch.Tensor, ctx: StageContext, substeps: SubSteps
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """NeRF family: density grid -> marching cubes -> world vertices."""
         runtime = ctx.runtime
-        model = self.model
-        assert model is not None, "the engine loads every stage before it runs one"
         settings = runtime.settings.reconstruct
-        device = runtime.device
-        substeps = SubSteps(ctx)
-        images = self._views(job, device, settings.views)
-        cameras = zero123plus_cameras(1, views=settings.views).to(device)
-        tokens = model.encode(images, cameras)
-        substeps.done("encode")
-        planes = model.planes_from_tokens(tokens, 1)
-        del tokens
-        substeps.done("transformer")
-
         resolution = self.grid_resolution(settings)
-        chunk = settings.color_query_chunk
-        grid = model.synthesizer.density_grid(planes, resolution, chunk=chunk, between_chunks=ctx.check_cancelled)[0]
+        grid = model.synthesizer.density_grid(
+            planes, resolution, chunk=settings.color_query_chunk, between_chunks=ctx.check_cancelled
+        )[0]
         level, rule = choose_iso_level(grid, weights_mode=runtime.weights_mode, settings=settings)
         if runtime.weights_mode != "locked":
             grid = close_at_border(grid, level)
@@ -184,9 +183,60 @@ class ReconstructStage:
                 f"the reconstructed density has no surface at {rule} (grid {resolution}^3): "
                 "the views show no object the model recognises"
             )
-        world = (vertices.to(device) / (resolution - 1) * 2 - 1).float()
+        world = (vertices.to(planes.device) / (resolution - 1) * 2 - 1).float()
         substeps.done("marching cubes")
+        return world, faces, {"grid_resolution": resolution, "iso_level": level, "iso_rule": rule, "marching_cubes": backend}
 
+    def _flexicubes_surface(
+        self, model: InstantMesh, planes: torch.Tensor, ctx: StageContext, substeps: SubSteps
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Mesh family: sdf and deformation on the FlexiCubes grid -> FlexiCubes -> world vertices."""
+        runtime = ctx.runtime
+        settings = runtime.settings.reconstruct
+        grid_res = model.config.grid_res
+        vertices, _ = model.flexicubes_grid(planes.device)
+        sdf, deformation = model.synthesizer.vertex_geometry(
+            planes, vertices, grid_res, chunk=settings.color_query_chunk, between_chunks=ctx.check_cancelled
+        )
+        sdf, deformation = sdf[0].float(), deformation[0].float()
+        level, rule = choose_sdf_level(sdf, weights_mode=runtime.weights_mode, settings=settings)
+        if runtime.weights_mode != "locked":
+            sdf = close_sdf_at_border(sdf - level, grid_res)
+            rule += ", closed at the grid border"
+        substeps.done("grid query")
+
+        world, faces = model.surface(planes, sdf, deformation, chunk=settings.color_query_chunk)
+        if len(faces) == 0:
+            raise EmptyReconstruction(
+                f"the reconstructed sdf has no surface at {rule} (FlexiCubes grid {grid_res}^3): "
+                "the views show no object the model recognises"
+            )
+        substeps.done("extraction")
+        return world.float(), faces, {"grid_resolution": grid_res, "iso_level": level, "iso_rule": rule, "extraction": "flexicubes"}
+
+    @torch.inference_mode()
+    def run(self, job: JobState, ctx: StageContext) -> None:
+        runtime = ctx.runtime
+        settings = runtime.settings.reconstruct
+        name, model = self._pick(job, settings)
+        assert model is not None, "the engine loads every stage before it runs one"
+        device = runtime.device
+        mesh_family = isinstance(model, InstantMesh)
+        substeps = SubSteps(ctx, MESH_SUBSTEPS if mesh_family else SUBSTEPS)
+        images = self._views(job, device, settings.views)
+        cameras = zero123plus_cameras(1, views=settings.views).to(device)
+        tokens = model.encode(images, cameras)
+        substeps.done("encode")
+        planes = model.planes_from_tokens(tokens, 1)
+        del tokens
+        substeps.done("transformer")
+
+        if mesh_family:
+            world, faces, surface = self._flexicubes_surface(model, planes, ctx, substeps)
+        else:
+            world, faces, surface = self._density_surface(model, planes, ctx, substeps)
+
+        chunk = settings.color_query_chunk
         vertex_rgb = model.synthesizer.rgb(planes, world.unsqueeze(0), chunk=chunk)[0].clamp(0.0, 1.0)
         substeps.done("colour query")
 
@@ -195,23 +245,21 @@ class ReconstructStage:
             faces=faces.cpu().numpy().astype(np.int64),
             vertex_colors=vertex_rgb.float().cpu().numpy(),
             color_query=make_color_query(model.synthesizer, planes, chunk),
-            iso_level=level,
-            iso_rule=rule,
+            iso_level=surface["iso_level"],
+            iso_rule=surface["iso_rule"],
         )
         record: dict[str, Any] = {
-            "model": self.model_name,
+            "model": name,
             "weights_mode": runtime.weights_mode,
             "views": settings.views,
-            "grid_resolution": resolution,
-            "iso_level": level,
-            "iso_rule": rule,
-            "marching_cubes": backend,
+            **surface,
             "vertices": int(len(world)),
             "faces": int(len(faces)),
             "timings": substeps.timings,
         }
-        if self.load_report is not None and self.load_report.dropped:
-            record["checkpoint_dropped_keys"] = list(self.load_report.dropped)
+        report = self.load_reports.get(name, self.load_report)
+        if report is not None and report.dropped:
+            record["checkpoint_dropped_keys"] = list(report.dropped)
         job.metadata["reconstruct"] = record
         job.qa["reconstruct"] = {key: record[key] for key in ("weights_mode", "iso_rule", "iso_level", "vertices", "faces")}
-        log.info("reconstructed %d vertices / %d faces at %s (%s)", len(world), len(faces), rule, backend)
+        log.info("reconstructed %d vertices / %d faces with %s at %s", len(world), len(faces), name, surface["iso_rule"])

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.options import ResolvedOptions
+from pipeline.wipe import wipe
 
 # Keys of ``JobState.previews`` (PNG bytes made only when the job asks for them).
 VIEWS_PREVIEW = "views"
@@ -57,7 +58,9 @@ class JobState:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def drop_inputs(self) -> None:
-        """Forget the upload and every intermediate image (privacy promise)."""
+        """Forget the upload and every intermediate image (privacy promise), zeroing what can be zeroed in place."""
+        for value in (self.input_bytes, self.image, self.cutout, self.views, self.views_grid):
+            wipe(value)
         self.input_bytes = None
         self.image = None
         self.cutout = None

@@ -19,6 +19,9 @@ python_env() {
   "${pip[@]}" install "$(grep -E '^torch==' requirements.lock)"
   "${pip[@]}" install -r requirements.lock
   "${pip[@]}" install --no-deps --no-build-isolation -e .
+  # rembg imports pymatting, whose numba kernels compile on first import (one to two minutes)
+  # and cache into site-packages: pay that here, once, not at the server's first start.
+  "$VENV/bin/python" -c "import rembg.bg"
   echo "$want" > "$stamp"
 }
 

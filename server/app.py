@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import anyio
 from litestar import Litestar
@@ -30,11 +30,14 @@ log = logging.getLogger("lift3d.server")
 DEADLINE_CHECK_SECONDS = 1.0
 
 
-async def _expire_queued_jobs(manager: JobManager) -> None:
+async def _tick_forever(manager: JobManager) -> None:
+    """The queue reaper, the stage watchdog and storage recovery (``JobManager.tick``), once a second."""
     while True:
         await asyncio.sleep(DEADLINE_CHECK_SECONDS)
-        if manager.queue_depth():
-            await anyio.to_thread.run_sync(manager.expire_queued)
+        try:
+            await anyio.to_thread.run_sync(manager.tick)
+        except Exception:  # noqa: BLE001 - one bad tick must not end the ticking
+            log.exception("periodic check failed")
 
 
 # What a browser on another origin may send and read: the key and the idempotency header in,
@@ -57,8 +60,11 @@ def cors_config(settings: Settings) -> CORSConfig | None:
     )
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
-    """Build the app; ``engine`` lets tests inject one with fake stages.
+def create_app(
+    settings: Settings, engine: Engine | None = None, *, prepare: Callable[[Callable[[str], None]], None] | None = None
+) -> Litestar:
+    """Build the app; ``engine`` lets tests inject one with fake stages; ``prepare`` runs on the
+    worker thread before the engine loads (``server.weights_gate``: pull or refuse missing weights).
 
     Nothing heavy happens here: the lifespan recovers the job store, starts the
     worker thread (which loads and warms the models while /readyz says 503), and
@@ -70,7 +76,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
     keys = resolve_api_keys(settings)
     engine = engine if engine is not None else Engine(settings.engine)
     storage = Storage(settings.storage)
-    manager = JobManager(settings, engine, storage)
+    manager = JobManager(settings, engine, storage, prepare=prepare)
     signer = LinkSigner.from_settings(settings.server)
     svc = Services(
         settings=settings, manager=manager, storage=storage, signer=signer, models=engine_models(settings)
@@ -81,7 +87,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Litestar:
         await anyio.to_thread.run_sync(storage.recover)
         storage.start()
         manager.start()
-        reaper = asyncio.get_running_loop().create_task(_expire_queued_jobs(manager), name="deadline-reaper")
+        reaper = asyncio.get_running_loop().create_task(_tick_forever(manager), name="watchdog")
         try:
             yield
         finally:

@@ -12,16 +12,20 @@ nothing about the owner, the request or the result remains.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import secrets
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Literal, get_args
+from typing import Any, Iterable, Iterator, Literal, get_args
 
 import msgspec
 
 from lift3d.errors import IdempotencyKeyReused
+
+log = logging.getLogger("lift3d.jobstore")
 
 # The job-status vocabulary, defined here once.
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
@@ -166,16 +170,48 @@ class JobStore:
         # Created private before SQLite opens it: its -wal and -shm files copy these permissions.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
-        # Autocommit mode; multi-statement changes use explicit BEGIN IMMEDIATE.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.row_factory = sqlite3.Row
         with self._lock:
+            self._db = self._connect()
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            # Erased rows are overwritten with zeros rather than left in free pages.
-            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        # Autocommit mode; multi-statement changes use explicit BEGIN IMMEDIATE.
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        # Erased rows are overwritten with zeros rather than left in free pages.
+        db.execute("PRAGMA secure_delete=ON")
+        return db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock; on any error, roll back and re-raise *that* error.
+
+        On a full disk the COMMIT fails and the ROLLBACK can fail too. The first error is
+        the one that explains the job's failure, and a connection left inside a
+        transaction would refuse every later BEGIN, so it is replaced: once space is
+        freed, the next call works without a restart.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            log.warning("job store rollback failed (%s)", type(error).__name__)
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = self._connect()
 
     @classmethod
     def in_data_dir(cls, data_path: Path | str) -> "JobStore":
@@ -225,10 +261,13 @@ class JobStore:
             (*sorted(TERMINAL), now),
         )
 
-    def live_result_ids(self) -> set[str]:
-        """Jobs that may own stored results: succeeded and neither erased nor expired."""
+    def live_result_ids(self, now: float | None = None) -> set[str]:
+        """Jobs that may own stored results: succeeded and neither erased nor expired (by ``now`` too, if given)."""
+        where, params = "status = 'succeeded' AND erased_at IS NULL", ()
+        if now is not None:
+            where, params = where + " AND (expires_at IS NULL OR expires_at > ?)", (now,)
         with self._lock:
-            rows = self._db.execute("SELECT id FROM jobs WHERE status = 'succeeded' AND erased_at IS NULL").fetchall()
+            rows = self._db.execute(f"SELECT id FROM jobs WHERE {where}", params).fetchall()
         return {row["id"] for row in rows}
 
     def count_by_status(self) -> dict[str, int]:
@@ -257,24 +296,18 @@ class JobStore:
         columns = ",".join(_FIELDS)
         values = [_to_column(name, data[name]) for name in _FIELDS]
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 if record.idempotency_key is not None:
                     row = self._db.execute(
                         "SELECT * FROM jobs WHERE idempotency_key = ? AND erased_at IS NULL",
                         (record.idempotency_key,),
                     ).fetchone()
                     if row is not None:
-                        existing = replayed(_from_row(row), record.request_hash)
-                        self._db.execute("COMMIT")
-                        return existing, False
+                        # A return inside the block commits the (read-only) transaction.
+                        return replayed(_from_row(row), record.request_hash), False
                 self._db.execute(
                     f"INSERT INTO jobs ({columns}) VALUES ({','.join('?' * len(_FIELDS))})", values
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         return record, True
 
     def update(self, job_id: str, **fields: Any) -> JobRecord | None:
@@ -305,21 +338,15 @@ class JobStore:
             raise ValueError(f"{status!r} is not an ending status")
         fields = {"status": status, "finished_at": now, **fields}
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 row = self._db.execute(
                     "SELECT retention_seconds FROM jobs WHERE id = ? AND erased_at IS NULL AND status IN ('queued','running')",
                     (job_id,),
                 ).fetchone()
                 if row is None:
-                    self._db.execute("COMMIT")
                     return None
                 fields["expires_at"] = now + row["retention_seconds"]
                 record = self._update(job_id, fields, "erased_at IS NULL")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         return record
 
     def _update(self, job_id: str, fields: dict[str, Any], condition: str) -> JobRecord | None:
@@ -350,16 +377,11 @@ class JobStore:
         job is unknown or already erased.
         """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 row = self._db.execute("SELECT * FROM jobs WHERE id = ? AND erased_at IS NULL", (job_id,)).fetchone()
                 before = _from_row(row) if row is not None else None
                 if before is not None:
                     self._erase_locked(before, now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         if before is not None:
             self.flush_erasures()
         return before
@@ -367,16 +389,11 @@ class JobStore:
     def delete_owner(self, owner: str, now: float) -> list[JobRecord]:
         """Erase every job of an owner (account deletion); returns the records as they were."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 rows = self._db.execute("SELECT * FROM jobs WHERE owner = ? AND erased_at IS NULL", (owner,)).fetchall()
                 before = [_from_row(row) for row in rows]
                 for record in before:
                     self._erase_locked(record, now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         if before:
             self.flush_erasures()
         return before
@@ -392,18 +409,13 @@ class JobStore:
     def mark_expired(self, job_id: str) -> bool:
         """Strip an ended job to its operational fields with status ``expired``."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 row = self._db.execute(
                     "SELECT status FROM jobs WHERE id = ? AND erased_at IS NULL", (job_id,)
                 ).fetchone()
                 done = row is not None and row["status"] in TERMINAL
                 if done:
                     self._strip(job_id, "expired", {})
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         return done
 
     def mark_interrupted(self, now: float) -> list[JobRecord]:

@@ -73,40 +73,32 @@ def data_dir_problem(settings: Settings) -> str | None:
     return None
 
 
-def missing_weights_problem(settings: Settings) -> str | None:
-    """Why ``locked`` mode can't start (files absent from the weights dir), or None.
-
-    Checked before anything loads so an operator gets one line naming the fix, not
-    a server that never turns ready. tiny/dummy modes read only the background
-    model and fall back to a labelled heuristic without it, so they only warn.
-    """
-    from lift3d.weights import missing_files, profile_for, weights_missing
-
-    missing = missing_files(settings.engine)
-    if not missing:
-        return None
-    error = weights_missing(
-        [a.path for a in missing], settings.engine.weights_path, profile=profile_for(settings.engine)
-    )
-    if settings.engine.weights == "locked":
-        return error.message
-    log.warning("%s", error.message)
-    return None
-
-
-def serve(settings: Settings, engine: Engine | None = None) -> int:
+def serve(settings: Settings, engine: Engine | None = None, *, check_weights: bool | None = None) -> int:
+    """Run until SIGTERM; 2 for a refused start. ``check_weights`` (default: only for the real
+    engine) runs ``server.weights_gate`` before the engine loads."""
     prepare_process()
-    problem = data_dir_problem(settings) or (missing_weights_problem(settings) if engine is None else None)
+    problem = data_dir_problem(settings)
     if problem is not None:
         print(f"lift3d: {problem}", file=sys.stderr)
         return 2
     from server.app import create_app
+    from server.weights_gate import weights_step
+
+    from lift3d.errors import EncryptionKeyMissing
 
     try:
-        app = create_app(settings, engine)
+        # Missing weights never stop the process (a pod would restart-loop): they are pulled
+        # (--pull-missing) or reported by /readyz as weights_missing.
+        prepare = weights_step(settings) if (engine is None if check_weights is None else check_weights) else None
+        app = create_app(settings, engine, prepare=prepare)
+    except EncryptionKeyMissing as error:  # a configuration problem, like the checks above
+        print(f"lift3d: {error.message}", file=sys.stderr)
+        return 2
     except Exception as error:  # noqa: BLE001 - one line for the operator, not a traceback
         log.error("cannot start: %s", error)
         return 1
+    from server.limits import header_timeout_protocol
+
     manager = app.state.services.manager
     config = uvicorn.Config(
         app,
@@ -118,6 +110,10 @@ def serve(settings: Settings, engine: Engine | None = None) -> int:
         proxy_headers=False,
         timeout_graceful_shutdown=CONNECTION_CLOSE_SECONDS,
         lifespan="on",
+        # Connection limits (server/limits.py): h11 with a header deadline, a connection cap, short keep-alive.
+        http=header_timeout_protocol(settings.server.header_timeout_seconds),
+        limit_concurrency=settings.server.max_connections,
+        timeout_keep_alive=settings.server.keep_alive_seconds,
     )
     server = DrainingServer(config, lambda: manager.drain(settings.server.shutdown_grace_seconds))
     log.info(

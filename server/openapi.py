@@ -45,14 +45,14 @@ SWAGGER_FILES = ("swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swa
 
 # Problem statuses each operation can answer, besides 401 (every route with security) and 500.
 ROUTE_PROBLEMS: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/v1/jobs"): (400, 413, 415, 422, 429, 503),
-    ("get", "/v1/jobs/{job_id}"): (404,),
-    ("delete", "/v1/jobs/{job_id}"): (404,),
-    ("get", "/v1/jobs/{job_id}/model.glb"): (403, 404, 409),
-    ("get", "/v1/jobs/{job_id}/views.png"): (403, 404, 409),
-    ("get", "/v1/jobs/{job_id}/events"): (403, 404),
-    ("get", "/v1/owners/{owner}/jobs"): (),
-    ("delete", "/v1/owners/{owner}"): (),
+    ("post", "/v1/jobs"): (400, 408, 413, 415, 422, 429, 503, 507),
+    ("get", "/v1/jobs/{job_id}"): (404, 503),
+    ("delete", "/v1/jobs/{job_id}"): (404, 503),
+    ("get", "/v1/jobs/{job_id}/model.glb"): (403, 404, 409, 503),
+    ("get", "/v1/jobs/{job_id}/views.png"): (403, 404, 409, 503),
+    ("get", "/v1/jobs/{job_id}/events"): (403, 404, 503),
+    ("get", "/v1/owners/{owner}/jobs"): (404, 422, 503),
+    ("delete", "/v1/owners/{owner}"): (404, 422, 503),
     ("get", "/metrics"): (),
     ("get", "/v1/info"): (),
     ("get", "/healthz"): (),
@@ -122,14 +122,16 @@ _PROBLEM_DESCRIPTIONS = {
     400: "Malformed request (multipart framing, Content-Length)",
     401: "No or unknown API key",
     403: "A signed link that is wrong, expired, tampered with or made for another job or file",
-    404: "Unknown, erased or expired job (or file)",
+    404: "Unknown, erased or expired job (or file), or an owner path that names no owner",
+    408: "The upload was not received in time",
     409: "The job has not finished, or did not succeed",
     413: "The upload is over LIFT3D_MAX_UPLOAD_BYTES",
     415: "Not PNG, JPEG, WebP or GIF by content, or an unsupported Content-Type",
     422: "An image or option the server refuses (see `code`)",
     429: "The queue is full; retry after Retry-After seconds",
     500: "A bug, or a stored result that fails authentication",
-    503: "Draining, or the models could not load",
+    503: "Draining, the models could not load, or the job or result store is unavailable",
+    507: "The result store is full",
 }
 
 

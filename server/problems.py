@@ -46,6 +46,7 @@ _TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict",
     413: "Payload too large",
     415: "Unsupported media type",
@@ -54,6 +55,7 @@ _TITLES = {
     500: "Internal server error",
     503: "Service unavailable",
     504: "Deadline exceeded",
+    507: "Insufficient storage",
 }
 
 # The one table from domain errors to HTTP statuses. The most specific class wins
@@ -62,6 +64,7 @@ HTTP_STATUS: dict[type[Lift3dError], int] = {
     errors.Lift3dError: 500,
     errors.InputError: 422,
     errors.BadRequest: 400,
+    errors.RequestTimeout: 408,
     errors.UnsupportedFormat: 415,
     errors.UploadTooLarge: 413,
     errors.JobNotFound: 404,
@@ -72,6 +75,9 @@ HTTP_STATUS: dict[type[Lift3dError], int] = {
     errors.DeadlineExceeded: 504,
     errors.Unavailable: 503,
     errors.QueueFull: 429,
+    # RFC 4918's Insufficient Storage: the request was fine, the disk is not.
+    errors.StorageFull: 507,
+    errors.StorageUnavailable: 503,
 }
 
 
@@ -108,6 +114,8 @@ def error_response(error: Lift3dError) -> Response[dict[str, Any]]:
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
         extra["retry_after"] = retry_after
+    # An error may carry machine-readable members of its own (e.g. the loaded pipelines).
+    extra.update(getattr(error, "problem_fields", None) or {})
     return problem_response(http_status(error), error.code, error.message, headers=headers, extra=extra)
 
 

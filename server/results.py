@@ -1,7 +1,7 @@
 """Stored results (model.glb, views.png), encrypted at rest.
 
-Callers use the small :class:`ResultStore` protocol, so an S3-compatible store
-can be added later without touching them. The default keeps one folder per job
+Callers use the small :class:`ResultStore` protocol; ``LIFT3D_RESULTS`` picks the
+implementation (``server/results_s3.py`` for S3-compatible buckets). The default keeps one folder per job
 in the data directory; every file is AES-256-GCM encrypted with a random nonce,
 bound to its job id and artifact name, so a file copied to another job's folder
 (or renamed) fails to decrypt instead of being served.
@@ -24,13 +24,13 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Collection, Iterator, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lift3d.settings import StorageSettings
-from lift3d.errors import EncryptionKeyError, ResultDecryptionError, ResultNotFound
+from lift3d.errors import EncryptionKeyError, EncryptionKeyMissing, ResultDecryptionError, ResultNotFound, StorageUnavailable
 
 log = logging.getLogger("lift3d.results")
 
@@ -74,6 +74,14 @@ class ResultStore(Protocol):
         """Remove leftovers of interrupted writes; returns how many were removed."""
         ...
 
+    def check(self) -> None:
+        """Raise StorageUnavailable when the store cannot take writes now (for /readyz)."""
+        ...
+
+    def download_url(self, job_id: str, name: str) -> str | None:
+        """A short-lived URL that serves the artifact without this server, or None (download through us)."""
+        ...
+
 
 def key_id(key: bytes) -> bytes:
     """A short public fingerprint of a key (a one-way hash: it reveals nothing of the key)."""
@@ -110,19 +118,52 @@ class KeyRing:
         return self._by_id.get(kid)
 
     @classmethod
-    def from_settings(cls, settings: StorageSettings) -> "KeyRing":
+    def from_settings(cls, settings: StorageSettings, live_jobs: Collection[str] | None = None) -> "KeyRing":
         """Configured keys, else the generated key file in the data dir (created on first use).
 
         A generated key file also stays a decryption key after keys are configured,
         so results written before the operator set a key remain readable until they expire.
+        With ``live_jobs`` given (the server's start), raises EncryptionKeyMissing before
+        any key is generated when results of those jobs name a key id none of these keys has.
         """
         generated = settings.data_path / GENERATED_KEY_FILENAME
         keys = [decode_key(text) for text in settings.encryption_keys]
+        generated_key = [decode_key(generated.read_text())] if generated.exists() else []
+        if live_jobs is not None:
+            check_keys_open(settings.data_path / RESULTS_DIRNAME, live_jobs, keys + generated_key)
         if keys:
-            if generated.exists():
-                keys.append(decode_key(generated.read_text()))
-            return cls(keys)
+            return cls(keys + generated_key)
         return cls([_load_or_generate_key(generated)])
+
+
+def check_keys_open(root: Path, live_jobs: Collection[str], keys: list[bytes]) -> None:
+    """EncryptionKeyMissing, naming the key ids, when a live job's stored result needs a key we lack."""
+    missing = sorted(stored_key_ids(root, live_jobs) - {key_id(k) for k in keys})
+    if missing:
+        ids = ", ".join(kid.hex() for kid in missing)
+        raise EncryptionKeyMissing(
+            f"stored results were encrypted with key id(s) {ids}, which no configured key opens: "
+            "add the key(s) to LIFT3D_ENCRYPTION_KEYS (or erase the data directory's results)",
+            key_ids=[kid.hex() for kid in missing],
+        )
+
+
+def stored_key_ids(root: Path, live_jobs: Collection[str] | None = None) -> set[bytes]:
+    """The key ids in the headers of stored results (of ``live_jobs`` only, when given)."""
+    found: set[bytes] = set()
+    if not root.is_dir():
+        return found
+    for folder in root.iterdir():
+        if not folder.is_dir() or not _JOB_ID.match(folder.name) or (live_jobs is not None and folder.name not in live_jobs):
+            continue
+        for path in folder.glob(f"*{ENCRYPTED_SUFFIX}"):
+            if path.name.startswith("."):
+                continue  # a partial write, swept at start-up
+            with path.open("rb") as handle:
+                header = handle.read(HEADER_BYTES)
+            if len(header) == HEADER_BYTES and header.startswith(MAGIC):
+                found.add(header[len(MAGIC) + 1 : len(MAGIC) + 1 + KEY_ID_BYTES])
+    return found
 
 
 _warned_generated_key = False
@@ -210,8 +251,8 @@ class EncryptedFileStore:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     @classmethod
-    def from_settings(cls, settings: StorageSettings) -> "EncryptedFileStore":
-        return cls(settings.data_path / RESULTS_DIRNAME, KeyRing.from_settings(settings))
+    def from_settings(cls, settings: StorageSettings, live_jobs: Collection[str] | None = None) -> "EncryptedFileStore":
+        return cls(settings.data_path / RESULTS_DIRNAME, KeyRing.from_settings(settings, live_jobs))
 
     def path_for(self, job_id: str, name: str) -> Path:
         check_names(job_id, name)
@@ -259,6 +300,13 @@ class EncryptedFileStore:
             if entry.is_dir() and _JOB_ID.match(entry.name):
                 yield entry.name
 
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise StorageUnavailable(f"the results folder {self.root} is gone")
+
+    def download_url(self, job_id: str, name: str) -> str | None:
+        return None  # the server streams local results itself
+
     def sweep_partial(self) -> int:
         """Remove temp files of interrupted writes, stray files and empty job folders."""
         removed = 0
@@ -297,6 +345,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def open_result_store(settings: StorageSettings) -> ResultStore:
-    """The configured result store (today: encrypted files in the data dir)."""
-    return EncryptedFileStore.from_settings(settings)
+def open_result_store(settings: StorageSettings, live_jobs: Collection[str] | None = None) -> ResultStore:
+    """The configured result store: encrypted files in the data dir, or an S3-compatible bucket.
+
+    ``live_jobs``: the jobs whose results can still be served; only their key ids must
+    be configured (the start-up sweep removes the others' files). The local store checks
+    them at start; the S3 store does not read its objects at start-up.
+    """
+    if settings.results.startswith("s3://"):
+        from server.results_s3 import S3ResultStore
+
+        return S3ResultStore.from_settings(settings)
+    if settings.results not in ("", "local"):
+        from lift3d.errors import ResultStoreConfigError
+
+        raise ResultStoreConfigError(f"LIFT3D_RESULTS must be 'local' or 's3://bucket/prefix', got {settings.results!r}")
+    return EncryptedFileStore.from_settings(settings, live_jobs)

@@ -15,13 +15,16 @@ from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
-from lift3d.errors import JobNotFound, UnsupportedFormat
+from lift3d.errors import BadRequest, JobNotFound, QueueFull, UnsupportedFormat
 from lift3d.settings import Settings
 from pipeline.decode import decode_image
+from pipeline.wipe import wipe_image
 from server.auth import PUBLIC, signable
 from server.links import EVENTS, LinkSigner
-from server.info import build_info
+from pipeline.options import default_pipeline
+from server.info import background_provider, build_info, pipeline_infos
 from server.jobstore import ACTIVE, ENDED
+from server.owners import owner_from_raw_path
 from server.schemas import (
     MODEL_FILE,
     VIEWS_FILE,
@@ -36,9 +39,11 @@ from server.schemas import (
     signed_links,
 )
 from server.submission import parse_submission
+from server.limits import UploadBudget, timed_chunks
 from server.uploads import (
     FORM_OVERHEAD_BYTES,
     RAW_IMAGE_TYPES,
+    Upload,
     check_declared_length,
     read_multipart_image,
     read_raw_image,
@@ -59,6 +64,11 @@ class Services:
     signer: LinkSigner
     # What /v1/info lists, read from weights.lock once at start-up.
     models: list[ModelInfo] = field(default_factory=list)
+    upload_budget: UploadBudget | None = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.upload_budget is None:
+            self.upload_budget = UploadBudget.from_settings(self.settings)
 
 
 def services(state: State) -> Services:
@@ -77,7 +87,7 @@ def _job_view(svc: Services, job_id: str) -> JobView:
             queue_position=svc.manager.queue_position(job_id),
             signer=svc.signer,
         )
-    return job_view(record, signer=svc.signer)
+    return job_view(record, signer=svc.signer, downloads=svc.storage.download_links(record))
 
 
 # -- jobs ----------------------------------------------------------------------
@@ -125,20 +135,51 @@ async def submit_job(
     ] = None,
 ) -> Response[JobAccepted]:
     svc = services(state)
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise BadRequest("the Idempotency-Key header is empty: send a key, or no header", code="invalid_idempotency_key")
     cap = svc.settings.engine.decode.max_upload_bytes
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "multipart/form-data":
-        check_declared_length(request.headers.get("content-length"), cap + FORM_OVERHEAD_BYTES, cap)
-        upload = await read_multipart_image(request.stream(), content_type, cap)
+        limit = cap + FORM_OVERHEAD_BYTES
     elif media_type in RAW_IMAGE_TYPES:
-        check_declared_length(request.headers.get("content-length"), cap, cap)
-        upload = await read_raw_image(request.stream(), cap)
+        limit = cap
     else:
         raise UnsupportedFormat(
             "send multipart/form-data with an `image` field, or a raw image/png, image/jpeg, image/webp or image/gif body"
         )
+    declared = check_declared_length(request.headers.get("content-length"), limit, cap)
+    # From the headers alone: a full queue, or too many bytes already arriving, refuse before the body is read.
+    _refuse_when_queue_full(svc, idempotency_key)
+    with svc.upload_budget.reserve(limit if declared is None else declared):
+        server = svc.settings.server
+        chunks = timed_chunks(
+            request.stream(), idle_s=server.body_idle_timeout_seconds, total_s=server.body_timeout_seconds
+        )
+        if media_type == "multipart/form-data":
+            upload = await read_multipart_image(chunks, content_type, cap, declared)
+        else:
+            upload = await read_raw_image(chunks, cap, declared)
+        return await _accept(request, svc, upload, idempotency_key)
 
+
+def _refuse_when_queue_full(svc: Services, idempotency_key: str | None) -> None:
+    manager = svc.manager
+    if manager.queue_depth() < svc.settings.server.queue_size:
+        return
+    # A replayed Idempotency-Key is answered with its job even when the queue is full.
+    if idempotency_key is not None and svc.storage.store.find_by_idempotency_key(idempotency_key) is not None:
+        return
+    manager.metrics.jobs_rejected.labels(QueueFull.code).inc()
+    raise QueueFull(
+        f"the queue is full ({svc.settings.server.queue_size} jobs waiting); retry later",
+        retry_after_seconds=manager.retry_after_seconds(),
+    )
+
+
+async def _accept(
+    request: Request[Any, Any, State], svc: Services, upload: Upload, idempotency_key: str | None
+) -> Response[JobAccepted]:
     # Both sources are parsed in full by the one parser (a bad query value is refused even when a
     # form field overrides it); then the form wins.
     query = {key: value for key, value in request.query_params.items()}
@@ -167,7 +208,9 @@ async def submit_job(
 
 def _validate_image(data: bytes, settings: Settings) -> None:
     """Decode once at submit so bad images are a 4xx now, not a failed job later."""
-    decode_image(data, settings.engine.decode).close()
+    decoded = decode_image(data, settings.engine.decode)
+    wipe_image(decoded)
+    decoded.close()
 
 
 @get("/v1/jobs/{job_id:str}", summary="A job's status, progress, timings and result", tags=["jobs"])
@@ -341,9 +384,16 @@ def _job_view_or_gone(svc: Services, job_id: str) -> JobView:
 # -- owners (data-subject requests) --------------------------------------------
 
 
+def _raw_path(request: Request[Any, Any, State]) -> bytes:
+    # The bytes the client sent: the router's path is already decoded and collapsed.
+    raw = request.scope.get("raw_path")
+    return raw if isinstance(raw, bytes) else request.scope["path"].encode()
+
+
 @get("/v1/owners/{owner:str}/jobs", summary="Every live job of an owner", tags=["owners"])
-async def list_owner_jobs(owner: FromPath[str], state: State) -> OwnerJobs:
+async def list_owner_jobs(owner: FromPath[str], request: Request[Any, Any, State], state: State) -> OwnerJobs:
     svc = services(state)
+    owner = owner_from_raw_path(_raw_path(request), owner, listing=True)
     records = svc.storage.owner_jobs(owner)
     return OwnerJobs(owner=owner, jobs=[_job_view(svc, record.id) for record in records])
 
@@ -354,8 +404,9 @@ async def list_owner_jobs(owner: FromPath[str], state: State) -> OwnerJobs:
     summary="Erase every job and result of an owner (account deletion)",
     tags=["owners"],
 )
-async def delete_owner(owner: FromPath[str], state: State) -> None:
+async def delete_owner(owner: FromPath[str], request: Request[Any, Any, State], state: State) -> None:
     svc = services(state)
+    owner = owner_from_raw_path(_raw_path(request), owner, listing=False)
     records = await anyio.to_thread.run_sync(svc.storage.erase_owner, owner)
     svc.manager.forget(records)
 
@@ -370,16 +421,14 @@ async def healthz() -> Health:
 
 @get("/readyz", opt=PUBLIC, summary="Readiness: models loaded and warm, not draining", tags=["system"])
 async def readyz(state: State) -> Response[Health]:
-    manager = services(state).manager
-    if manager.ready:
+    svc = services(state)
+    reason = svc.manager.not_ready_reason()
+    if reason is None:
+        # The result store last: a bucket that does not answer cannot take results (S3 only).
+        reason = await anyio.to_thread.run_sync(svc.storage.store_problem)
+    if reason is None:
         return Response(Health(status="ready"))
-    if manager.draining:
-        detail = "draining"
-    elif manager.load_error is not None:
-        detail = manager.load_error.code
-    else:
-        detail = "warming_up"
-    return Response(Health(status="unavailable", detail=detail), status_code=503)
+    return Response(Health(status="unavailable", detail=reason), status_code=503)
 
 
 @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4", tags=["system"])
@@ -391,7 +440,12 @@ async def metrics(state: State) -> Response[bytes]:
 @get("/v1/info", summary="Version, profile, device and pinned models", tags=["system"])
 async def info(state: State) -> Info:
     svc = services(state)
-    return build_info(svc.settings, svc.manager.engine.runtime, svc.manager.ready, svc.models)
+    engine = svc.manager.engine
+    default = default_pipeline(svc.settings.engine)
+    pipelines = pipeline_infos({name: engine.licences.get(name, []) for name in engine.pipelines}, default)
+    return build_info(
+        svc.settings, engine.runtime, svc.manager.ready, svc.models, pipelines, provider=background_provider(engine)
+    )
 
 
 ROUTES = [

@@ -20,6 +20,9 @@ class JobLinks(msgspec.Struct, kw_only=True):
     events: str
     model: str
     views: str | None = None
+    # Presigned GET URLs straight from the bucket (provider-encrypted S3 results only), short-lived.
+    model_download: str | None = None
+    views_download: str | None = None
 
 
 class SignedLinks(msgspec.Struct, kw_only=True):
@@ -78,6 +81,23 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     license: str | None = None
 
 
+class ArtifactLicence(msgspec.Struct, kw_only=True):
+    path: str
+    stage: str
+    licence: str
+    commercial_use: bool
+    # "weights", or "architecture only (tiny weights)" where a random-init model stands in for the file.
+    use: str
+
+
+class PipelineInfo(msgspec.Struct, kw_only=True):
+    name: str
+    default: bool
+    # False where any artifact's licence forbids commercial use (CC-BY-NC-4.0).
+    commercial_use: bool
+    artifacts: list[ArtifactLicence]
+
+
 class Limits(msgspec.Struct, kw_only=True):
     max_upload_bytes: int
     max_pixels: int
@@ -96,6 +116,12 @@ class Info(msgspec.Struct, kw_only=True):
     ready: bool
     models: list[ModelInfo]
     limits: Limits
+    # The server profile (fast|quality|all) and the pipelines it loaded, each with its licence report.
+    server_profile: str = "quality"
+    pipelines: list[PipelineInfo] = []
+    # The onnxruntime execution provider background removal runs on (CUDAExecutionProvider,
+    # CPUExecutionProvider; "none" for the weightless heuristic), null until the engine loaded.
+    background_provider: str | None = None
 
 
 class Health(msgspec.Struct, kw_only=True):
@@ -109,14 +135,22 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def job_links(job_id: str, with_views: bool = False, base_url: str = "") -> JobLinks:
-    """The job's routes; relative unless a public base URL is known (webhooks)."""
+def job_links(
+    job_id: str, with_views: bool = False, base_url: str = "", *, downloads: dict[str, str] | None = None
+) -> JobLinks:
+    """The job's routes; relative unless a public base URL is known (webhooks).
+
+    ``downloads`` maps artifact names to presigned URLs (``Storage.download_links``).
+    """
     base = f"{base_url.rstrip('/')}/v1/jobs/{job_id}"
+    downloads = downloads or {}
     return JobLinks(
         self=base,
         events=f"{base}/events",
         model=f"{base}/{MODEL_FILE}",
         views=f"{base}/{VIEWS_FILE}" if with_views else None,
+        model_download=downloads.get(MODEL_FILE),
+        views_download=downloads.get(VIEWS_FILE) if with_views else None,
     )
 
 
@@ -138,13 +172,14 @@ def job_view(
     live_stage: str | None = None,
     live_progress: float | None = None,
     queue_position: int | None = None,
+    downloads: dict[str, str] | None = None,
 ) -> JobView:
     status = live_status or record.status
     if status not in JOB_STATUSES:
         status = record.status
     error = JobError(code=record.error_code, message=record.error_message or "") if record.error_code else None
     succeeded = record.status == "succeeded"
-    links = job_links(record.id, VIEWS_FILE in record.artifacts)
+    links = job_links(record.id, VIEWS_FILE in record.artifacts, downloads=downloads if succeeded else None)
     return JobView(
         id=record.id,
         status=status,  # type: ignore[arg-type]

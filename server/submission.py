@@ -16,16 +16,16 @@ import msgspec
 from lift3d.settings import Settings
 from lift3d.errors import InvalidOption
 from pipeline.options import ENGINE_OPTIONS, OPTIONS_BY_NAME, JobOptions, Option, resolve_options
+from server.owners import MAX_OWNER_CHARS, check_owner
 from server.storage import NewJob, request_hash, resolve_retention
 
-MAX_OWNER_CHARS = 200
-# Printable ASCII: an id that logs, URLs and the owner routes carry without escaping surprises.
-OWNER_PATTERN = "[ -~]*"
+# server.owners' grammar as a schema pattern (empty = no owner); check_owner stays the authority.
+OWNER_PATTERN = r"(?:(?!\.+$)[A-Za-z0-9._:@-]{1,%d})?" % MAX_OWNER_CHARS
 
 # Options about the job's data, handled by the server (retention and webhook are checked by Storage).
 JOB_OPTIONS: tuple[Option, ...] = (
     Option(
-        "owner", "string", "The web app's opaque user id, for listing and erasure (printable ASCII).",
+        "owner", "string", "The web app's opaque user id, for listing and erasure: 1-128 of A-Z a-z 0-9 . _ : @ -, not only dots.",
         max_length=MAX_OWNER_CHARS, pattern=OWNER_PATTERN,
     ),
     Option(
@@ -87,7 +87,8 @@ def parse_submission(fields: Mapping[str, str], settings: Settings) -> Submissio
     # Against the setting, so a query value is refused even where a form field overrides it.
     if "retention_seconds" in values:
         resolve_retention(values["retention_seconds"], settings.storage)
-    owner = values.get("owner") or None
+    # Never normalised: the raw field is the id (" alice" is not "alice").
+    owner = check_owner(values["owner"]) if values.get("owner") else None
     return Submission(
         options=options,
         owner=owner,

@@ -3,7 +3,9 @@
 Litestar's own form parsing spools file parts over 1 MiB to temporary files, so
 the upload route never asks Litestar for the form: it streams the raw body
 through python-multipart's push parser into memory, counting every byte, and
-stops reading one chunk past the cap.
+stops reading one chunk past the cap. A body that ends before the closing
+boundary (``--boundary--``) is refused with 400 ``incomplete_multipart``: the
+image part may have been cut short.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from lift3d.errors import BadRequest, InputError, InvalidOption, MissingImage, UploadTooLarge
+from pipeline.wipe import WipedBuffer
 
 IMAGE_FIELD = "image"
 RAW_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
@@ -26,45 +29,87 @@ MAX_FIELDS = 32
 
 @dataclass
 class Upload:
-    """The image bytes and the text fields that came with them (no filename is kept)."""
+    """The image bytes and the text fields that came with them (no filename is kept).
 
-    image: bytes
+    ``image`` is the one copy of the upload this process makes: a WipedBuffer, zeroed
+    when the last reference to it goes (docs/security.md).
+    """
+
+    image: WipedBuffer
     fields: dict[str, str] = field(default_factory=dict)
+
+
+class ImageBytes:
+    """Upload bytes gathered into one WipedBuffer, grown by copying (then zeroing the old one), never reallocated."""
+
+    def __init__(self, expected: int | None = None) -> None:
+        self._buffer = WipedBuffer(expected or 64 * 1024)
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, data: bytes | memoryview) -> None:
+        needed = self.size + len(data)
+        if needed > len(self._buffer):
+            self._move_to(max(needed, 2 * len(self._buffer)))
+        self._buffer[self.size : needed] = data
+        self.size = needed
+
+    def _move_to(self, capacity: int) -> None:
+        bigger = WipedBuffer(capacity)
+        bigger[: self.size] = memoryview(self._buffer)[: self.size]
+        self._buffer.wipe()
+        self._buffer = bigger
+
+    def take(self) -> WipedBuffer:
+        """The bytes, in a buffer of exactly their length."""
+        if self.size != len(self._buffer):
+            self._move_to(self.size)
+        taken, self._buffer, self.size = self._buffer, WipedBuffer(0), 0
+        return taken
+
+    def wipe(self) -> None:
+        self._buffer.wipe()
+        self.size = 0
 
 
 def _too_large(cap: int) -> UploadTooLarge:
     return UploadTooLarge(f"the upload is larger than the limit of {cap} bytes")
 
 
-def check_declared_length(content_length: str | None, limit: int, cap: int) -> None:
-    """Refuse before reading anything when the client announces too many bytes."""
+def check_declared_length(content_length: str | None, limit: int, cap: int) -> int | None:
+    """The announced body size; refused before reading anything when it is too many bytes."""
     if content_length is None:
-        return
-    try:
-        declared = int(content_length)
-    except ValueError:
-        raise BadRequest("invalid Content-Length") from None
+        return None
+    if not content_length.strip().isdigit():
+        raise BadRequest("invalid Content-Length")
+    declared = int(content_length)
     if declared > limit:
         raise _too_large(cap)
+    return declared
 
 
-async def read_raw_image(chunks: AsyncIterator[bytes], cap: int) -> Upload:
+async def read_raw_image(chunks: AsyncIterator[bytes], cap: int, expected: int | None = None) -> Upload:
     """A raw ``image/*`` body, at most ``cap`` bytes (reads at most cap + one chunk)."""
-    buffer = bytearray()
-    async for chunk in chunks:
-        buffer += chunk
-        if len(buffer) > cap:
-            buffer.clear()
-            raise _too_large(cap)
-    return Upload(image=bytes(buffer))
+    image = ImageBytes(expected)
+    try:
+        async for chunk in chunks:
+            if len(image) + len(chunk) > cap:
+                raise _too_large(cap)
+            image.add(chunk)
+        return Upload(image=image.take())
+    finally:
+        image.wipe()
 
 
 class _FormCollector:
     """python-multipart callbacks that keep the ``image`` part and small text fields in memory."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, expected: int | None = None) -> None:
         self.cap = cap
-        self.image: bytearray | None = None
+        self.expected = expected
+        self.image: ImageBytes | None = None
         self.fields: dict[str, str] = {}
         self._header_field = bytearray()
         self._header_value = bytearray()
@@ -103,14 +148,13 @@ class _FormCollector:
         if self._name == IMAGE_FIELD:
             if self.image is not None:
                 raise InputError("the form carries more than one image field")
-            self.image = bytearray()
+            self.image = ImageBytes(self.expected)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._name == IMAGE_FIELD and self.image is not None:
-            self.image += data[start:end]
-            if len(self.image) > self.cap:
-                self.image.clear()
+            if len(self.image) + (end - start) > self.cap:
                 raise _too_large(self.cap)
+            self.image.add(memoryview(data)[start:end])
         elif not self._is_file:
             self._value += data[start:end]
             if len(self._value) > MAX_FIELD_BYTES:
@@ -125,13 +169,15 @@ class _FormCollector:
         self._value = bytearray()
 
 
-async def read_multipart_image(chunks: AsyncIterator[bytes], content_type: str, cap: int) -> Upload:
+async def read_multipart_image(
+    chunks: AsyncIterator[bytes], content_type: str, cap: int, expected: int | None = None
+) -> Upload:
     """The ``image`` part of a multipart/form-data body, parsed in memory under the cap."""
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
         raise BadRequest("multipart body without a boundary")
-    collector = _FormCollector(cap)
+    collector = _FormCollector(cap, expected)
     limit = cap + FORM_OVERHEAD_BYTES
     received = 0
     try:
@@ -142,12 +188,16 @@ async def read_multipart_image(chunks: AsyncIterator[bytes], content_type: str, 
                 raise _too_large(cap)
             parser.write(chunk)
         parser.finalize()
+        if parser.state != MultipartState.END:
+            # The body ended inside a part: the image may be cut short, so nothing of it is used.
+            raise BadRequest("the multipart body ends without its closing boundary", code="incomplete_multipart")
     except MultipartParseError:
         raise BadRequest("malformed multipart body") from None
     except ValueError:
         raise BadRequest("malformed multipart body") from None
     finally:
+        # On a refusal the partial image goes with the last reference (a WipedBuffer zeroes itself).
         image, collector.image = collector.image, None
     if image is None:
         raise MissingImage(f"the form has no {IMAGE_FIELD!r} file field")
-    return Upload(image=bytes(image), fields=collector.fields)
+    return Upload(image=image.take(), fields=collector.fields)

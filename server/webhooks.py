@@ -17,8 +17,6 @@ import hmac
 import logging
 import time
 from typing import Any, Callable
-from urllib.parse import urlsplit
-
 import httpx
 import msgspec
 
@@ -26,78 +24,45 @@ from lift3d.settings import StorageSettings
 from lift3d.errors import WebhookNotAllowed
 from server.jobstore import JobRecord, JobStore
 from server.schemas import VIEWS_FILE, job_links
+from server.urls import RefusedUrl, allowed_by, normalise_url
 
 log = logging.getLogger("lift3d.webhooks")
 
 SIGNATURE_HEADER = "X-Lift3d-Signature"
 EVENT_HEADER = "X-Lift3d-Event"
-MAX_URL_LENGTH = 2048
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 # Worth another try: the receiver may be restarting or shedding load.
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class _Target(msgspec.Struct, frozen=True):
-    scheme: str
-    host: str
-    port: int
-    path: str
-
-
-def _parse(url: str) -> _Target | None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.username or parts.password:
-        return None
-    return _Target(scheme, parts.hostname.lower().rstrip("."), port or _DEFAULT_PORTS[scheme], parts.path or "/")
-
-
-def _path_within(path: str, prefix: str) -> bool:
-    """Prefix match on whole segments: "/hooks" allows "/hooks" and "/hooks/x", not "/hooksevil"."""
-    if prefix.endswith("/"):
-        return path.startswith(prefix)
-    return path == prefix or path.startswith(prefix + "/")
-
-
 def validate_webhook_url(url: str, allowlist: tuple[str, ...] | list[str]) -> str:
-    """Return ``url`` when it may receive webhooks, else raise WebhookNotAllowed (422).
+    """The normal form of ``url`` (server/urls.py) when it may receive webhooks, else WebhookNotAllowed (422).
 
     An allow-list entry is a URL prefix such as ``https://app.example.com/hooks/``;
-    the target must have the same scheme, host and port, and a path under the
-    entry's path. Matching is structural, not textual, so
-    ``https://app.example.com.evil.net`` does not match ``https://app.example.com``.
-    An empty allow-list disables webhooks.
+    the normalised target must have the same scheme, host and port, and a path under
+    the entry's path by whole segments. Matching is structural, on the URL that will
+    be sent, so ``https://app.example.com.evil.net`` and
+    ``https://app.example.com/hooks/../evil`` do not match. An empty allow-list
+    disables webhooks.
     """
     if not allowlist:
         raise WebhookNotAllowed("webhooks are disabled on this server (no LIFT3D_WEBHOOK_ALLOWLIST)")
-    if len(url) > MAX_URL_LENGTH or any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise WebhookNotAllowed("webhook_url is not a valid URL")
-    target = _parse(url)
-    if target is None:
-        raise WebhookNotAllowed("webhook_url must be an http(s) URL without credentials")
-    for entry in allowlist:
-        allowed = _parse(entry)
-        if (
-            allowed is not None
-            and (allowed.scheme, allowed.host, allowed.port) == (target.scheme, target.host, target.port)
-            and _path_within(target.path, allowed.path)
-        ):
-            return url
-    raise WebhookNotAllowed("webhook_url is not on this server's allow-list")
+    try:
+        target = normalise_url(url)
+    except RefusedUrl as refused:
+        raise WebhookNotAllowed(f"webhook_url is refused: {refused}") from None
+    if not allowed_by(target, allowlist):
+        raise WebhookNotAllowed("webhook_url is not on this server's allow-list")
+    return str(target)
 
 
 def check_webhook_request(url: str | None, settings: StorageSettings) -> str | None:
-    """Submission-time check of an optional ``webhook_url`` (422 on any problem)."""
+    """Submission-time check of an optional ``webhook_url``: its normal form, the one stored and sent (422 on any problem)."""
     if url is None or url == "":
         return None
-    validate_webhook_url(url, settings.webhook_allowlist)
+    normal = validate_webhook_url(url, settings.webhook_allowlist)
     if not settings.webhook_secret:
         raise WebhookNotAllowed("webhooks need a signing secret on this server (LIFT3D_WEBHOOK_SECRET)")
-    return url
+    return normal
 
 
 def _digest(secret: str, timestamp: int, body: bytes) -> str:
@@ -146,10 +111,15 @@ def verify_signature(
     return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
 
 
-def webhook_payload(record: JobRecord, base_url: str = "") -> dict[str, Any]:
-    """What a receiver gets: identifiers, status and links. Never image bytes or options."""
+def webhook_payload(
+    record: JobRecord, base_url: str = "", downloads: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """What a receiver gets: identifiers, status and links (presigned ``*_download`` URLs when the
+    store allows them). Never image bytes or options."""
     succeeded = record.status == "succeeded"
-    links = msgspec.to_builtins(job_links(record.id, succeeded and VIEWS_FILE in record.artifacts, base_url))
+    links = msgspec.to_builtins(
+        job_links(record.id, succeeded and VIEWS_FILE in record.artifacts, base_url, downloads=downloads)
+    )
     if not succeeded:
         links.pop("model", None)
     return {
@@ -187,6 +157,8 @@ class WebhookNotifier:
         self._owns_client = client is None
         self._sleep = sleep
         self._tasks: set[asyncio.Task[None]] = set()
+        # Storage sets this: presigned result URLs per artifact name (empty when downloads go through us).
+        self.download_links: Callable[[JobRecord], dict[str, str]] | None = None
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -213,10 +185,17 @@ class WebhookNotifier:
 
     async def deliver(self, record: JobRecord) -> bool:
         """POST the signed payload until a 2xx, a permanent refusal, or the attempt limit."""
-        url = record.webhook_url
-        if not url:
+        if not record.webhook_url:
             return False
-        body = msgspec.json.encode(webhook_payload(record, self.base_url))
+        try:
+            # Again at delivery: the allow-list may have shrunk since, and records from older versions hold raw URLs.
+            url = httpx.URL(validate_webhook_url(record.webhook_url, self.settings.webhook_allowlist))
+        except WebhookNotAllowed:
+            self.store.update(record.id, webhook_status="failed", webhook_error="not_allowed")
+            log.warning("webhook for job %s not sent: its URL is no longer allowed", record.id)
+            return False
+        downloads = self.download_links(record) if self.download_links is not None else None
+        body = msgspec.json.encode(webhook_payload(record, self.base_url, downloads))
         attempts = max(1, self.settings.webhook_max_attempts)
         self.store.update(record.id, webhook_status="pending")
         error = ""

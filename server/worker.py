@@ -25,12 +25,16 @@ from lift3d.errors import (
     Lift3dError,
     QueueFull,
     ShuttingDown,
+    StageHung,
+    Unavailable,
+    WorkerStopped,
 )
 from lift3d.settings import Settings
 from pipeline.engine import Engine
 from pipeline.events import CancelToken, ProgressEvent
 from pipeline.options import JobOptions
 from pipeline.state import VIEWS_PREVIEW, JobResult
+from server.faults import free_gpu_cache, job_failure
 from server.jobstore import JobRecord
 from server.metrics import Metrics
 from server.schemas import MODEL_FILE, VIEWS_FILE
@@ -85,6 +89,8 @@ def result_summary(result: JobResult) -> dict[str, Any]:
         if isinstance(value, (int, float, str, bool, list, dict)) and key != "bytes"
     }
     summary.update(bytes=len(result.glb), weights_mode=result.weights_mode)
+    # The licence report: which pipeline ran and the licence of every artifact it used.
+    summary.update(pipeline=result.metadata.get("pipeline"), artifacts=result.metadata.get("artifacts", []))
     summary.setdefault("texture_size", result.options.texture_size)
     return summary
 
@@ -95,8 +101,19 @@ class JobManager:
     Records and results go through :class:`Storage`.
     """
 
-    def __init__(self, settings: Settings, engine: Engine, storage: Storage) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        storage: Storage,
+        *,
+        prepare: Callable[[Callable[[str], None]], None] | None = None,
+    ) -> None:
         self.settings = settings
+        # Runs on the worker thread before the engine loads (server/weights_gate.py); it may
+        # set the phase /readyz reports while it runs, and its typed error is the load error.
+        self.prepare = prepare
+        self.phase = "warming_up"
         self.engine = engine
         self.storage = storage
         self.metrics = Metrics(storage.store.count_by_status, lambda: len(self._queue))
@@ -111,6 +128,10 @@ class JobManager:
         self.load_error: Lift3dError | None = None
         self._service_seconds: float | None = None
         self._warmup_seconds: float | None = None
+        # Why the worker thread ended, if it ever does outside a drain (a bug: readiness says so).
+        self.stopped_reason: str | None = None
+        # The running job the watchdog failed because its stage never returned.
+        self._hung: LiveJob | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -120,7 +141,39 @@ class JobManager:
 
     @property
     def ready(self) -> bool:
-        return self.warmed.is_set() and not self.draining and self.load_error is None
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz says 503 (a code), or None when the server can take and run jobs."""
+        if self.draining:
+            return "draining"
+        refused = self._refusal()
+        if refused is not None:
+            return refused.code
+        if not self.warmed.is_set():
+            return self.phase  # warming_up, or pulling_weights (server/weights_gate.py)
+        if self.storage.fault is not None:
+            return self.storage.fault.code
+        return None
+
+    def _refusal(self) -> Lift3dError | None:
+        """A state in which a new job would never run: submissions get this error (503)."""
+        if self.load_error is not None:
+            return self.load_error
+        thread = self._thread
+        if self.stopped_reason is not None or (thread is not None and not thread.is_alive() and not self._stopping):
+            return WorkerStopped(f"the worker stopped ({self.stopped_reason or 'unknown'}); restart the server")
+        hung = self._hung
+        if hung is not None:
+            return StageHung(f"a stage ({hung.stage or 'unknown'}) is stuck past its job's deadline; retry later")
+        return None
+
+    def tick(self) -> None:
+        """Once a second, off the event loop: the queue reaper, the stage watchdog, storage recovery."""
+        if self._queue:
+            self.expire_queued()
+        self._watch_running()
+        self.storage.recover_faults()
 
     def drain(self, grace_seconds: float) -> None:
         """Stop taking jobs: queued ones fail ``shutting_down``; the running one gets ``grace_seconds``.
@@ -165,15 +218,21 @@ class JobManager:
             if self.draining:
                 self.metrics.jobs_rejected.labels(SHUTTING_DOWN).inc()
                 raise ShuttingDown("the server is shutting down")
-            if self.load_error is not None:
-                raise self.load_error
+            refused = self._refusal()
+            if refused is not None:
+                self.metrics.jobs_rejected.labels(refused.code).inc()
+                raise refused
             if len(self._queue) >= self.settings.server.queue_size:
                 self.metrics.jobs_rejected.labels(QueueFull.code).inc()
                 raise QueueFull(
                     f"the queue is full ({self.settings.server.queue_size} jobs waiting); retry later",
                     retry_after_seconds=self.retry_after_seconds(),
                 )
-            record, created = self.storage.new_job(new_job)
+            try:
+                record, created = self.storage.new_job(new_job)
+            except Unavailable as error:  # storage_full (507) and the other storage faults
+                self.metrics.jobs_rejected.labels(error.code).inc()
+                raise
             if created:
                 deadline = time.monotonic() + self.settings.server.job_deadline_seconds
                 job = LiveJob(
@@ -256,27 +315,98 @@ class JobManager:
     # -- the worker thread -----------------------------------------------------
 
     def _work(self) -> None:
-        self._load_engine()
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                job = self._queue.popleft()
-                self._running = job
-                job.run_started = time.monotonic()
-            self._queue_moved()
-            try:
-                self._run(job)
-            finally:
-                job.image = None
+        job: LiveJob | None = None
+        try:
+            self._load_engine()
+            while True:
                 with self._cond:
-                    self._running = None
-                    self._live.pop(job.id, None)
+                    while not self._queue and not self._stopping:
+                        self._cond.wait()
+                    if self._stopping:
+                        return
+                    job = self._queue.popleft()
+                    self._running = job
+                    job.run_started = time.monotonic()
+                self._queue_moved()
+                try:
+                    self._run_guarded(job)
+                finally:
+                    job.image = None
+                    with self._cond:
+                        self._running = None
+                        if self._hung is job:
+                            self._hung = None
+                            log.warning("the hung stage of job %s returned; the worker runs again", job.id)
+                        self._live.pop(job.id, None)
+        except BaseException as error:  # noqa: BLE001 - recorded for /readyz, then the thread ends
+            # Only a BaseException (SystemExit, KeyboardInterrupt) or a bug in the loop gets here.
+            self.stopped_reason = type(error).__name__
+            log.critical("the worker thread stopped (%s); /readyz now answers 503", self.stopped_reason, exc_info=True)
+            if job is not None and job.status in ("queued", "running"):
+                self._record_end(job, "failed", WorkerStopped.code, "the worker stopped while running this job")
+                job.status = "failed"
+                job.notify()
+            with self._cond:  # nobody will run these: fail them now rather than leave them queued forever
+                waiting = list(self._queue)
+                self._queue.clear()
+            for queued in waiting:
+                self._end_unstarted(queued, WorkerStopped.code, "the worker stopped before the job started")
+            raise
+
+    def _run_guarded(self, job: LiveJob) -> None:
+        """Run one job; whatever escapes (the store failing to record its ending included) fails only it."""
+        try:
+            self._run(job)
+        except Exception as error:  # noqa: BLE001 - one failed job, never a dead worker
+            typed = job_failure(error) or (error if isinstance(error, Lift3dError) else None)
+            code = typed.code if typed is not None else "internal_error"
+            log.error("job %s could not be ended cleanly (%s, %s)", job.id, code, type(error).__name__, exc_info=typed is None)
+            # An ending a store fault kept already says why; otherwise record this one, best effort.
+            kept = self.storage.ending_kept(job.id)
+            if kept or self._record_end(job, "failed", code, typed.message if typed is not None else "internal error"):
+                job.status = "failed"
+            elif job.status in ("queued", "running"):
+                job.status = "failed"  # not recordable at all: the record says so after a restart
+            job.notify()
+
+    def _record_end(self, job: LiveJob, status: str, code: str, message: str, **fields: Any) -> JobRecord | None:
+        """``Storage.end_job`` that never raises: a store fault keeps the ending for a later retry."""
+        try:
+            return self.storage.end_job(job.id, status, code, message, **fields)  # type: ignore[arg-type]
+        except Exception as error:  # noqa: BLE001 - Storage kept a storage fault's ending; a bug is logged
+            log.error("job %s: its ending (%s) could not be stored (%s)", job.id, code, type(error).__name__)
+            return None
+
+    def _watch_running(self) -> None:
+        """Fail a running job whose stage is still busy ``watchdog_grace_seconds`` past the deadline.
+
+        Python cannot stop a thread, and a second worker would share the models and the
+        GPU with the stuck one, so none is started: the job ends ``deadline_exceeded``
+        now, readiness and submissions say ``stage_hung``, and the worker carries on
+        with the queue if the stage ever returns (a restart frees it otherwise).
+        """
+        grace = self.settings.server.watchdog_grace_seconds
+        with self._cond:  # the worker clears _running and _hung under this lock too
+            job = self._running
+            if job is None or job is self._hung or job.run_started is None or time.monotonic() <= job.deadline + grace:
+                return
+            self._hung = job
+        log.error("watchdog: job %s is stuck in stage %s past its deadline", job.id, job.stage)
+        job.cancel.cancel(DeadlineExceeded.code)  # a stage that checks again stops there
+        message = f"the job's {job.stage or 'current'} stage ran past the deadline and did not stop"
+        record = self._record_end(job, "failed", DeadlineExceeded.code, message, stage=job.stage)
+        if record is not None or self.storage.ending_kept(job.id):
+            job.status = "failed"
+            job.notify()
+        if record is not None:
+            self.metrics.jobs_finished.labels("failed").inc()
+            self.storage.notify(job.id)
 
     def _load_engine(self) -> None:
         try:
+            if self.prepare is not None:
+                self.prepare(self._set_phase)
+                self.phase = "warming_up"
             started = time.monotonic()
             self.engine.load()
             self.engine.warmup()
@@ -289,6 +419,9 @@ class JobManager:
         except Exception as error:  # noqa: BLE001 - reported through /readyz and the failed jobs
             self.load_error = EngineUnavailable(f"the engine failed to load ({type(error).__name__})")
             log.exception("engine failed to load")
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
 
     def _run(self, job: LiveJob) -> None:
         if self.load_error is not None:
@@ -321,10 +454,17 @@ class JobManager:
         except Lift3dError as error:  # typed failures, deadline_exceeded included
             outcome = ("failed", error.code, error.message)
         except Exception as error:  # noqa: BLE001 - a failed job, never a dead worker
-            log.exception("job %s failed unexpectedly (%s)", job.id, type(error).__name__)
-            outcome = ("failed", "internal_error", "internal error")
+            typed = job_failure(error)  # CUDA out of memory, a full disk, no file descriptors left
+            if typed is None:
+                log.exception("job %s failed unexpectedly (%s)", job.id, type(error).__name__)
+                outcome = ("failed", "internal_error", "internal error")
+            else:
+                log.error("job %s failed: %s", job.id, typed.code)
+                outcome = ("failed", typed.code, typed.message)
         finally:
             image = None
+        if outcome is not None and outcome[1] == "gpu_out_of_memory":
+            free_gpu_cache()  # after the except block: the traceback that held the tensors is gone
         elapsed = time.monotonic() - started
         self.metrics.job_seconds.observe(elapsed)
         if outcome is None:
@@ -337,6 +477,8 @@ class JobManager:
             log.info("job %s succeeded in %.2fs", job.id, elapsed)
         else:
             status, code, message = outcome
+            if self._hung is job:
+                return  # the watchdog ended it already
             record = self.storage.end_job(job.id, status, code, message, stage=job.stage)  # type: ignore[arg-type]
             self._ended(job, status, record)
             log.info("job %s %s in %.2fs (%s)", job.id, status, elapsed, code)
@@ -364,16 +506,23 @@ class JobManager:
             stage_changed = event.stage != job.stage
             job.stage, job.progress = event.stage, event.fraction
             if stage_changed:
-                self.storage.set_stage(job.id, event.stage)
+                try:
+                    self.storage.set_stage(job.id, event.stage)
+                except Unavailable:
+                    pass  # the stage name is not worth a job: Storage remembered the fault for readiness
             job.notify()
 
         return on_progress
 
     def _end_unstarted(self, job: LiveJob, code: str, message: str) -> None:
         job.image = None
-        record = self.storage.end_job(job.id, "failed", code, message)
         with self._cond:
             self._live.pop(job.id, None)
+        record = self._record_end(job, "failed", code, message)
+        if record is None and self.storage.ending_kept(job.id):
+            job.status = "failed"
+            job.notify()
+            return
         self._ended(job, "failed", record)
         log.info("job %s failed before it started (%s)", job.id, code)
 

@@ -219,3 +219,25 @@ def test_viewer_phase_installs_the_locked_npm_package(tmp_path: Path) -> None:
     lock = json.loads((demo / "package-lock.json").read_text())
     installed = json.loads((demo / "node_modules" / "@google" / "model-viewer" / "package.json").read_text())
     assert installed["version"] == lock["packages"]["node_modules/@google/model-viewer"]["version"]
+
+
+def test_the_cuda_build_swaps_in_onnxruntime_gpu_at_the_locked_version() -> None:
+    locked = re.search(r"^onnxruntime==(\S+)", (REPO / "requirements.lock").read_text(), re.MULTILINE)
+    assert locked is not None
+    cuda = subprocess.run(
+        ["bash", str(SCRIPT), "project"], env=script_env(DOCKER_INSTALL_DRY_RUN="1"), capture_output=True, text=True
+    )
+    assert cuda.returncode == 0, cuda.stderr
+    commands = cuda.stdout.splitlines()
+    install = [c for c in commands if "onnxruntime-gpu" in c]
+    assert install and install[0].endswith(f"onnxruntime-gpu=={locked.group(1)}") and "--no-deps" in install[0]
+    uninstall = next(i for i, c in enumerate(commands) if "pip uninstall" in c and c.endswith(" onnxruntime"))
+    smoke = next(i for i, c in enumerate(commands) if "import lift3d.entrypoints.cli" in c)
+    assert uninstall < commands.index(install[0]) < smoke  # swapped before the import smoke test
+    cpu = subprocess.run(
+        ["bash", str(SCRIPT), "project"],
+        env=script_env(DOCKER_INSTALL_DRY_RUN="1", LIFT3D_LOCAL_TORCH="/nowhere"),
+        capture_output=True,
+        text=True,
+    )
+    assert cpu.returncode == 0 and "onnxruntime-gpu" not in cpu.stdout  # the CPU test build keeps onnxruntime

@@ -16,16 +16,38 @@ def _engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", choices=["locked", "dummy", "tiny"], help="weights mode (default: locked)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default: auto)")
     parser.add_argument("--weights-dir", help="where weight files live (env LIFT3D_WEIGHTS_DIR)")
+    parser.add_argument(
+        "--reconstruct-model",
+        choices=["instant-mesh-large", "instant-mesh-base", "instant-nerf-large", "instant-nerf-base"],
+        help="reconstruction model: the one loaded and used by default (env LIFT3D_RECONSTRUCT_MODEL)",
+    )
+
+
+def _profile_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        choices=["fast", "quality", "all"],
+        help="pipelines to load: fast (TripoSR, commercial use allowed), quality (multiview), all (env LIFT3D_PROFILE; default quality)",
+    )
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
+    profile = getattr(args, "profile", None)
+    if profile is None and getattr(args, "pipeline", None) is not None:
+        # generate loads just the pipeline it runs.
+        profile = {"fast": "fast", "multiview": "quality"}[args.pipeline]
     overrides: dict[str, Any] = {
+        "engine__profile": profile,
         "engine__weights": getattr(args, "weights", None),
         "engine__device": getattr(args, "device", None),
         "engine__weights_dir": getattr(args, "weights_dir", None),
+        "engine__reconstruct__model": getattr(args, "reconstruct_model", None),
         "server__host": getattr(args, "host", None),
         "server__port": getattr(args, "port", None),
         "storage__data_dir": getattr(args, "data_dir", None),
+        # store_true flags: only a given flag overrides the environment.
+        "server__pull_missing": getattr(args, "pull_missing", None) or None,
+        "server__allow_unverified_weights": getattr(args, "allow_unverified_serve", None) or None,
     }
     return load_settings(**overrides)
 
@@ -38,7 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 on a pod)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--data-dir", help="job store and results (env LIFT3D_DATA_DIR)")
+    serve.add_argument(
+        "--pull-missing", action="store_true", help="fetch missing weights before loading (env LIFT3D_PULL_MISSING=1)"
+    )
+    serve.add_argument(
+        "--allow-unverified",
+        dest="allow_unverified_serve",
+        action="store_true",
+        help="with --pull-missing: also fetch entries weights.lock does not pin yet (env LIFT3D_ALLOW_UNVERIFIED=1)",
+    )
     _engine_flags(serve)
+    _profile_flag(serve)
 
     generate = commands.add_parser("generate", help="turn one image into a GLB, with a progress bar")
     generate.add_argument("image", help="input image (PNG, JPEG, WebP or GIF; the first frame of an animation)")
@@ -50,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--target-faces", type=int)
     generate.add_argument("--texture-size", type=int)
     generate.add_argument("--texture", choices=["uv", "vertex"])
+    generate.add_argument(
+        "--pipeline", choices=["multiview", "fast"], help="multiview (default; CC-BY-NC parts) or fast (TripoSR, MIT)"
+    )
     _engine_flags(generate)
 
     weights = commands.add_parser("weights", help="pin, download and verify weight files")
@@ -58,13 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_weights_arguments(weights)
     weights.add_argument("--weights-dir", help="where weight files live (env LIFT3D_WEIGHTS_DIR)")
 
-    worker = commands.add_parser("runpod-worker", help="run as a RunPod serverless worker")
+    worker = commands.add_parser(
+        "runpod-worker",
+        help="run as a RunPod serverless worker",
+        description="Any other flag goes to the RunPod SDK: --rp_serve_api, --rp_api_host, --rp_api_port, "
+        "--rp_api_concurrency, --rp_log_level, --rp_debugger, --test_input.",
+    )
     _engine_flags(worker)
+    _profile_flag(worker)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # The RunPod SDK parses its own flags (--rp_serve_api, --test_input, ...): the worker passes them on.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "runpod-worker":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     settings = _settings_from(args)
     if args.command == "serve":
         from server.main import serve
@@ -81,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "runpod-worker":
         from lift3d.entrypoints.runpod_worker import start
 
-        return start(settings)
+        return start(settings, extra)
     return 2
 
 

@@ -40,6 +40,8 @@ def _job_options(args: argparse.Namespace):  # noqa: ANN202 - JobOptions, import
         target_faces=getattr(args, "target_faces", None),
         texture_size=getattr(args, "texture_size", None),
         texture=getattr(args, "texture", None),
+        pipeline=getattr(args, "pipeline", None),
+        reconstruct_model=getattr(args, "reconstruct_model", None),
     )
 
 
@@ -104,7 +106,7 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
     faces = result.qa.get("faces")
     summary = f"wrote {output} ({len(result.glb)} bytes"
     summary += f", {faces} faces" if faces is not None else ""
-    summary += f", seed {result.seed}, weights {result.weights_mode}) in {time.perf_counter() - started:.1f}s"
+    summary += f", seed {result.seed}, pipeline {result.options.pipeline}, weights {result.weights_mode}) in {time.perf_counter() - started:.1f}s"
     print(summary)
     if result.weights_mode != "locked":
         print(f"note: {result.weights_mode} weights are random-init test models, not a real reconstruction", file=sys.stderr)

@@ -74,8 +74,13 @@ def _pull(lock: WeightsLock, args: argparse.Namespace, weights_dir: Path) -> int
     failed = [o for o in outcomes if not o.ok]
     if failed:
         refused = sum(o.action == "refused" for o in failed)
+        hint = ""
+        if refused:
+            from lift3d.weights.catalog import pull_command
+
+            hint = f"; to take them unpinned, run `{pull_command(args.profile, weights_dir, lock)}`"
         print(
-            f"{len(failed)} of {len(outcomes)} files not installed ({refused} refused as unverified)",
+            f"{len(failed)} of {len(outcomes)} files not installed ({refused} refused as unverified){hint}",
             file=sys.stderr,
         )
         return 1
@@ -93,6 +98,10 @@ def _verify(lock: WeightsLock, profile: str, weights_dir: Path) -> int:
     print(f"licences: {', '.join(licences)}")
     if "CC-BY-NC-4.0" in licences:
         print("note: CC-BY-NC-4.0 weights are for non-commercial use only")
+    if any(c.state in ("missing", "corrupt", "unknown-origin") for c in checks):
+        from lift3d.weights.catalog import pull_command
+
+        print(f"to fetch what is missing or broken, run `{pull_command(profile, weights_dir, lock)}`")
     return 0 if all(c.ok for c in checks) else 1
 
 

@@ -8,6 +8,8 @@ profile fetches it, and which command to tell a user who lacks it.
 - ``engine_artifacts(settings)`` / ``profile_for(settings)``: what an engine configuration
   reads, and the smallest profile that fetches all of it;
 - ``artifact_info(settings)``: licence, revision and source per file, for ``/v1/info``;
+- ``pipeline_paths(pipeline, settings)`` / ``licence_report(pipeline, settings)``: the files one
+  pipeline's models stand for, with licence and commercial use (job results, GLB extras, ``/v1/info``);
 - ``missing_files(settings)`` / ``weights_missing(paths)``: a cheap presence check and the
   error (naming the exact command to run) that loaders and ``serve`` raise.
 """
@@ -34,7 +36,10 @@ __all__ = [
     "artifacts_for",
     "default_lock",
     "engine_artifacts",
+    "is_commercial",
+    "licence_report",
     "missing_files",
+    "pipeline_paths",
     "profile_for",
     "pull_command",
     "pull_hint",
@@ -53,7 +58,7 @@ TRIPOSR_CHECKPOINT = "stabilityai/TripoSR/model.safetensors"
 TRIPOSR_CONFIG = "stabilityai/TripoSR/config.yaml"
 
 # The profiles a user is told to pull, smallest first.
-PROFILES_BY_SIZE = ("tiny", "fast", "quality")
+PROFILES_BY_SIZE = ("tiny", "fast", "quality", "all")
 
 
 def rembg_path(model: str) -> str:
@@ -95,16 +100,63 @@ def sha256_for(path: str, lock: WeightsLock | None = None) -> str:
 # -- what a configuration reads --------------------------------------------------------------
 
 
+def pipeline_paths(pipeline: str, settings: EngineSettings, lock: WeightsLock | None = None) -> list[str]:
+    """The weight files one pipeline's real models read, whatever the weights mode (its licence report)."""
+    wanted = [rembg_path(settings.background.model)]
+    if pipeline == "fast":
+        return wanted + [TRIPOSR_CHECKPOINT, TRIPOSR_CONFIG]
+    lock = lock or default_lock()
+    wanted += [a.path for a in lock.artifacts if a.path.startswith(ZERO123PLUS_DIR + "/")]
+    if settings.multiview.variant == "instantmesh":
+        wanted.append(INSTANTMESH_UNET)
+    wanted += [reconstruct_path(model) for model in settings.reconstruct.loaded_models]
+    return wanted
+
+
 def engine_paths(settings: EngineSettings, lock: WeightsLock | None = None) -> list[str]:
-    """The weight files (weights-dir relative) an engine with ``settings`` reads."""
+    """The weight files (weights-dir relative) an engine with ``settings`` reads: those of its profile's pipelines."""
     wanted = [rembg_path(settings.background.model)]
     if settings.weights == "locked":
-        lock = lock or default_lock()
-        wanted += [a.path for a in lock.artifacts if a.path.startswith(ZERO123PLUS_DIR + "/")]
-        if settings.multiview.variant == "instantmesh":
-            wanted.append(INSTANTMESH_UNET)
-        wanted.append(reconstruct_path(settings.reconstruct.model))
+        for pipeline in settings.pipelines:
+            wanted += [path for path in pipeline_paths(pipeline, settings, lock) if path not in wanted]
     return wanted
+
+
+def is_commercial(licence: str) -> bool:
+    """False for a NonCommercial licence (CC-BY-NC-*): a company may not earn money with such a file."""
+    return "-NC" not in licence.upper()
+
+
+def licence_report(pipeline: str, settings: EngineSettings, lock: WeightsLock | None = None) -> list[dict[str, Any]]:
+    """Per artifact a pipeline uses: its licence, whether it allows commercial use, and how it is used.
+
+    In ``tiny``/``dummy`` mode only the background model's file may be read (where it is
+    present); the other artifacts are named still (their architecture runs, with random
+    weights) so the report says which real files a locked server would need.
+    """
+    lock = lock or default_lock()
+    background = rembg_path(settings.background.model)
+    rows = []
+    for path in pipeline_paths(pipeline, settings, lock):
+        artifact = lock.by_path(path)
+        if settings.weights == "locked":
+            use = "weights"
+        elif path == background:
+            # tiny/dummy use the real background model where its file is there, else a heuristic.
+            present = artifact.local_path(settings.weights_path).is_file()
+            use = "weights" if present else f"not used ({settings.weights} mode without the file: border-colour heuristic)"
+        else:
+            use = f"architecture only ({settings.weights} weights)"
+        rows.append(
+            {
+                "path": path,
+                "stage": artifact.stage,
+                "licence": artifact.licence,
+                "commercial_use": is_commercial(artifact.licence),
+                "use": use,
+            }
+        )
+    return rows
 
 
 def engine_artifacts(settings: EngineSettings, lock: WeightsLock | None = None) -> list[Artifact]:

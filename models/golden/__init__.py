@@ -19,6 +19,7 @@ __all__ = ["CHECKERS", "CaseReport", "TensorCheck", "find_sets", "check_path"]
 CHECKERS: dict[str, str] = {
     "zero123plus": "models.zero123plus.golden",
     "instantmesh-nerf": "models.instantmesh.golden",
+    "instantmesh-mesh": "models.instantmesh.golden_mesh",
     "triposr": "models.triposr.golden",
 }
 

@@ -1,4 +1,4 @@
-"""Configuration of the InstantMesh NeRF-variant reconstruction model.
+"""Configuration of the InstantMesh reconstruction models (NeRF and mesh variants).
 
 One schema serves the shipped presets (``configs/*.json`` in this package) and the
 golden sets' ``config.json``: upstream's yaml layout (``model_config.params``,
@@ -16,7 +16,17 @@ from typing import Any, Literal
 from models.vit import ViTConfig
 
 PRESETS_DIR = Path(__file__).with_name("configs")
-PresetName = Literal["instant-nerf-base", "instant-nerf-large", "tiny"]
+PresetName = Literal[
+    "instant-nerf-base", "instant-nerf-large", "instant-mesh-base", "instant-mesh-large", "tiny", "tiny-mesh"
+]
+Variant = Literal["nerf", "mesh"]
+# The tiny preset of each variant (weights mode ``tiny`` builds it instead of the full size).
+TINY_PRESETS: dict[str, str] = {"nerf": "tiny", "mesh": "tiny-mesh"}
+
+
+def variant_of(preset: str) -> Variant:
+    """``instant-mesh-*`` presets are the FlexiCubes variant, everything else the NeRF one."""
+    return "mesh" if preset.startswith("instant-mesh") or preset == "tiny-mesh" else "nerf"
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,10 @@ class LRMConfig:
     mesh_resolution: int = 256
     mesh_threshold: float = 10.0
     seed: int = 0
+    variant: Variant = "nerf"
+    # Mesh variant only: the FlexiCubes grid (cubes per axis, world extent of the box).
+    grid_res: int = 128
+    grid_scale: float = 2.1
 
     @property
     def camera_dim(self) -> int:
@@ -49,6 +63,9 @@ class LRMConfig:
                 f"encoder_feat_dim {params['encoder_feat_dim']} must equal the ViT hidden size {vit.hidden_size}"
             )
         processor = data.get("vit_preprocessor_config", {})
+        # The reference's class names the variant; lrm_mesh.InstantMesh is the FlexiCubes one.
+        target = str(data["model_config"].get("target", ""))
+        variant: Variant = "mesh" if ("lrm_mesh" in target or "grid_res" in params) else "nerf"
         infer = data.get("infer_config", {})
         return cls(
             name=name or str(data.get("name", "instant-nerf")),
@@ -64,6 +81,9 @@ class LRMConfig:
             mesh_resolution=int(infer.get("mesh_resolution", 256)),
             mesh_threshold=float(infer.get("mesh_threshold", 10.0)),
             seed=int(data.get("seed", 0)),
+            variant=variant,
+            grid_res=int(params.get("grid_res", 128)),
+            grid_scale=float(params.get("grid_scale", 2.1)),
         )
 
     @classmethod

@@ -1,6 +1,6 @@
 """Build the reconstruction model in each weights mode and load the real checkpoint layout strictly.
 
-The real ``instant_nerf_*.ckpt`` is a PyTorch Lightning checkpoint: its ``state_dict``
+The real ``instant_nerf_*.ckpt`` and ``instant_mesh_*.ckpt`` are a PyTorch Lightning checkpoint: its ``state_dict``
 holds the whole training module, in which the reconstruction model is
 ``lrm_generator``. We keep only ``lrm_generator.*`` keys, strip that prefix and load
 with strict matching. Keys under that prefix that the reference deliberately drops
@@ -19,8 +19,8 @@ import torch
 
 from models import checkpoints
 from models.checkpoints import load_state_strict, read_checkpoint
-from models.instantmesh.config import LRMConfig
-from models.instantmesh.lrm import InstantNeRF
+from models.instantmesh.config import TINY_PRESETS, LRMConfig, variant_of
+from models.instantmesh.lrm import InstantMesh, InstantNeRF, TriplaneLRM
 from lift3d.errors import WeightsCorrupt
 from lift3d.weights.catalog import reconstruct_path, weights_missing
 
@@ -61,17 +61,21 @@ def extract_lrm_state_dict(checkpoint: Mapping[str, object]) -> tuple[dict[str, 
     return ours, report
 
 
-def build_empty(config: LRMConfig) -> InstantNeRF:
+def model_class(config: LRMConfig) -> type[TriplaneLRM]:
+    return InstantMesh if config.variant == "mesh" else InstantNeRF
+
+
+def build_empty(config: LRMConfig) -> TriplaneLRM:
     """The architecture on the meta device: no memory, no init cost (for loading or key inspection)."""
-    return checkpoints.build_empty(lambda: InstantNeRF(config))
+    return checkpoints.build_empty(lambda: model_class(config)(config))
 
 
-def build_random(config: LRMConfig, *, device: torch.device | str = "cpu", seed: int | None = None) -> InstantNeRF:
+def build_random(config: LRMConfig, *, device: torch.device | str = "cpu", seed: int | None = None) -> TriplaneLRM:
     """Random init directly on ``device``; seeded (independently of the global RNG) when ``seed`` is given."""
-    return checkpoints.build_random(lambda: InstantNeRF(config), device=device, seed=seed)
+    return checkpoints.build_random(lambda: model_class(config)(config), device=device, seed=seed)
 
 
-def load_pretrained(config: LRMConfig, path: Path, *, device: torch.device | str = "cpu") -> tuple[InstantNeRF, LoadReport]:
+def load_pretrained(config: LRMConfig, path: Path, *, device: torch.device | str = "cpu") -> tuple[TriplaneLRM, LoadReport]:
     state, report = extract_lrm_state_dict(read_checkpoint(path))
     model = build_empty(config)
     load_state_strict(model, state)
@@ -94,10 +98,11 @@ WeightsMode = Literal["locked", "dummy", "tiny"]
 
 def load_for_mode(
     mode: WeightsMode, preset: str, *, weights_dir: Path, device: torch.device | str
-) -> tuple[InstantNeRF, LoadReport | None]:
-    """The model for a weights mode: locked = real checkpoint, dummy = full-size random, tiny = own small config."""
+) -> tuple[TriplaneLRM, LoadReport | None]:
+    """The model for a weights mode: locked = real checkpoint, dummy = full-size random, tiny = own small config
+    (of the preset's variant)."""
     if mode == "tiny":
-        config = LRMConfig.preset("tiny")
+        config = LRMConfig.preset(TINY_PRESETS[variant_of(preset)])  # type: ignore[arg-type]
         return build_random(config, device=device, seed=config.seed).eval(), None
     config = LRMConfig.preset(preset)  # type: ignore[arg-type]
     if mode == "dummy":

@@ -29,8 +29,12 @@ _PROVENANCE_KEYS = ("model", "revision", "revisions", "variant", "weights_mode")
 
 
 def gltf_extras(metadata: dict[str, Any]) -> dict[str, Any]:
-    """What the GLB records about its making: seed, weights mode, models and their revisions."""
+    """What the GLB records about its making: seed, weights mode, pipeline, artifacts and their licences, models and revisions."""
     extras: dict[str, Any] = {"seed": metadata.get("seed"), "weights_mode": metadata.get("weights_mode")}
+    # Which pipeline made the model and the licence of every artifact it used (docs/profiles.md).
+    for key in ("pipeline", "artifacts"):
+        if metadata.get(key) is not None:
+            extras[key] = metadata[key]
     models: dict[str, Any] = {}
     for stage, record in metadata.items():
         if isinstance(record, dict):

@@ -382,6 +382,29 @@ def test_bench_pipeline_smoke_tiny_engine(tmp_path: Path, u2netp_weights_dir: Pa
 
 
 @pytest.mark.timeout(300)
+def test_bench_pipeline_smoke_fast_pipeline(tmp_path: Path, u2netp_weights_dir: Path, photo_folder: Path) -> None:
+    # The triposr preset runs the fast pipeline: TripoSR's sub-steps are recorded per job.
+    torch.set_num_threads(2)
+    code = bench_pipeline.main([
+        "--images", str(photo_folder), "-n", "1", "--weights", "tiny", "--device", "cpu",
+        "--weights-dir", str(u2netp_weights_dir), "--warmup", "0", "--no-flops", "--baseline", "triposr",
+        "--config", "triposr:finish.texture_size=512,finish.target_faces=5000",
+        "--matmul-size", "256", "--copy-mb", "16", "--out", str(tmp_path), "--smoke",
+    ])
+    assert code == 0
+    document = _only_json(tmp_path, "smoke-pipeline-tiny-cpu-")
+    (entry,) = document["configs"]
+    assert "error" not in entry, entry.get("traceback")
+    assert entry["pipeline"] == "fast" and entry["config"]["settings"]["profile"] == "fast"
+    assert list(entry["stages"]) == ["decode", "background", "reconstruct", "finish"]
+    substeps = entry["reconstruct_substeps"]
+    assert entry["reconstruct_model"] == "triposr-tiny"
+    assert list(substeps) == ["image tokens", "triplanes", "grid query", "marching cubes", "colour query"]
+    assert all(s["n"] == 1 and s["median"] >= 0 for s in substeps.values())
+    assert "| triposr | triposr-tiny | triplanes |" in next(tmp_path.glob("*.md")).read_text()
+
+
+@pytest.mark.timeout(300)
 def test_bench_http_smoke_real_server(tmp_path: Path, u2netp_weights_dir: Path, photo_folder: Path) -> None:
     # Queue size 1 and three clients: one job runs, one waits, the third must see a 429.
     code = bench_http.main([

@@ -42,6 +42,40 @@ def test_generate_writes_a_glb(tmp_path: Path, photo: Path, fake_engine_class: N
     assert not list(tmp_path.glob(".*.partial"))
 
 
+def test_generate_pipeline_fast_with_tiny_weights_writes_a_valid_textured_glb(
+    tmp_path: Path, photo: Path, u2netp_weights_dir: Path, capsys  # noqa: ANN001
+) -> None:
+    import json
+    import struct
+
+    import pygltflib
+
+    from tests.support.gltf_validator import assert_valid_glb
+
+    out = tmp_path / "fast.glb"
+    args = ["generate", str(photo), "-o", str(out), "--pipeline", "fast", "--weights", "tiny", "--device", "cpu"]
+    args += ["--weights-dir", str(u2netp_weights_dir), "--remove-background", "off", "--texture-size", "512"]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "pipeline fast" in captured.out and "weights tiny" in captured.out
+    glb = out.read_bytes()
+    assert_valid_glb(glb)
+    gltf = pygltflib.GLTF2.load_from_bytes(glb)
+    assert len(gltf.images) == 1 and gltf.materials[0].pbrMetallicRoughness.baseColorTexture is not None
+    length, _ = struct.unpack_from("<II", glb, 12)
+    assert json.loads(glb[20 : 20 + length])["asset"]["extras"]["pipeline"] == "fast"
+
+
+def test_generate_pipeline_flag_loads_only_that_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lift3d.entrypoints.generate
+
+    seen = {}
+    monkeypatch.setattr(lift3d.entrypoints.generate, "generate", lambda settings, args: seen.setdefault("s", settings) and 0)
+    main(["generate", "x.png", "-o", "x.glb", "--pipeline", "fast"])
+    assert seen["s"].engine.pipelines == ("fast",)
+
+
 BAD = [
     ("missing file", lambda tmp: tmp / "nope.png", [], "cannot read"),
     ("not an image", lambda tmp: _write(tmp / "notes.png", b"hello, not a picture"), [], "unsupported_media_type"),
@@ -114,16 +148,32 @@ def test_cli_contract_flags_exist() -> None:
         parser.parse_args(["serve", "--weights", "huge"])
 
 
-def test_serve_in_locked_mode_without_weights_exits_with_the_pull_command(tmp_path, capsys):
+def test_serve_in_locked_mode_without_weights_stays_up_and_names_the_commands(tmp_path, monkeypatch):
+    """No exit 2 (a pod would restart-loop): the worker's first step fails the load with weights_missing."""
+    import server.app
     from lift3d.entrypoints.cli import main
+    from lift3d.errors import WeightsMissing
 
+    seen = {}
+
+    def capture(settings, engine=None, *, prepare=None):  # noqa: ANN001, ANN202
+        seen["prepare"], seen["settings"] = prepare, settings
+        raise RuntimeError("stop before uvicorn")
+
+    monkeypatch.setattr(server.app, "create_app", capture)
     code = main(["serve", "--weights", "locked", "--device", "cpu", "--weights-dir", str(tmp_path / "empty"),
                  "--data-dir", str(tmp_path / "data")])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "lift3d weights pull --profile" in err
-    assert "--weights dummy" in err
-    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+    assert code == 1 and seen["prepare"] is not None
+    with pytest.raises(WeightsMissing) as refused:
+        seen["prepare"](lambda phase: None)
+    message = refused.value.message
+    assert "lift3d weights pull --profile" in message and "--weights dummy" in message
+    assert "lift3d serve --pull-missing" in message and "LIFT3D_PULL_MISSING=1" in message
+    assert seen["settings"].server.pull_missing is False
+
+    main(["serve", "--pull-missing", "--allow-unverified", "--weights-dir", str(tmp_path / "empty"),
+          "--data-dir", str(tmp_path / "data")])
+    assert seen["settings"].server.pull_missing and seen["settings"].server.allow_unverified_weights
 
 
 def test_serve_refuses_a_data_dir_another_server_holds_with_one_line(tmp_path, capsys):
@@ -140,3 +190,19 @@ def test_serve_refuses_a_data_dir_another_server_holds_with_one_line(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip().count("\n") == 0 and "in use by another lift3d process" in err
+
+
+def test_weights_pull_refusal_names_the_command_with_its_flag(tmp_path, capsys):
+    from lift3d.entrypoints.cli import main
+
+    lock = tmp_path / "weights.lock"
+    lock.write_text(
+        'version = 1\n[profiles.test]\n[[artifact]]\npath = "rembg/x.onnx"\nstage = "background"\nprofiles = ["test"]\n'
+        'licence = "MIT"\nstatus = "unresolved"\nunresolved = ["sha256", "size"]\nconvert = "none"\n'
+        '[[artifact.source]]\nkind = "url"\nurl = "http://127.0.0.1:9/x.onnx"\n'
+    )
+    weights = tmp_path / "w"
+    code = main(["weights", "--lock", str(lock), "pull", "--profile", "test", "--weights-dir", str(weights)])
+    err = capsys.readouterr().err
+    assert code == 1 and "1 refused as unverified" in err
+    assert f"`lift3d weights pull --profile test --weights-dir {weights} --allow-unverified`" in err

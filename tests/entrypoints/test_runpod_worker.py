@@ -118,11 +118,24 @@ def test_image_bytes_from_base64_and_data_url_with_limits() -> None:
 
 def test_image_url_is_fetched_with_a_size_cap(store: FakeStore) -> None:
     store.objects["/img.png"] = b"p" * 5000
-    assert image_bytes(JobInput(image_url=f"{store.url}/img.png"), 10_000) == b"p" * 5000
+    # The fake store listens on loopback: only an allow-list entry lets the worker reach it.
+    allow = (f"{store.url}/",)
+    assert image_bytes(JobInput(image_url=f"{store.url}/img.png"), 10_000, allow) == b"p" * 5000
     with pytest.raises(UploadTooLarge):
-        image_bytes(JobInput(image_url=f"{store.url}/img.png"), 1000)
+        image_bytes(JobInput(image_url=f"{store.url}/img.png"), 1000, allow)
     with pytest.raises(InputError, match="404"):
-        image_bytes(JobInput(image_url=f"{store.url}/missing.png"), 1000)
+        image_bytes(JobInput(image_url=f"{store.url}/missing.png"), 1000, allow)
+
+
+def test_image_url_on_loopback_is_refused_without_an_allow_list_entry(store: FakeStore) -> None:
+    store.objects["/img.png"] = b"p" * 50
+    for url in (f"{store.url}/img.png", store.url.replace("127.0.0.1", "localhost") + "/img.png"):
+        with pytest.raises(InputError) as info:
+            image_bytes(JobInput(image_url=url), 10_000)
+        assert info.value.code == "image_url_not_allowed"
+    with pytest.raises(InputError) as info:
+        image_bytes(JobInput(image_url=f"{store.url}/img.png"), 10_000, (f"{store.url}/other/",))
+    assert info.value.code == "image_url_not_allowed"
 
 
 def test_progress_is_throttled_but_every_stage_change_goes_out() -> None:
@@ -143,6 +156,15 @@ class FakeResult:
     options: Any = field(default_factory=lambda: {"seed": 3})
     timings: dict[str, float] = field(default_factory=lambda: {"finish": 0.1})
     qa: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(
+        default_factory=lambda: {
+            "pipeline": "fast",
+            "artifacts": [
+                {"path": "stabilityai/TripoSR/model.safetensors", "licence": "MIT", "commercial_use": True},
+                {"path": "rembg/u2netp.onnx", "licence": "Apache-2.0", "commercial_use": True},
+            ],
+        }
+    )
 
 
 class FakeEngine:
@@ -169,6 +191,8 @@ def test_handler_returns_inline_base64_or_refuses_when_too_large() -> None:
     output = handler({"id": "j1", "input": {"image_base64": image, "options": {"seed": 3}}})
     assert base64.b64decode(output["glb_base64"]) == engine.glb
     assert output["seed"] == 3 and output["weights_mode"] == "tiny" and output["glb_bytes"] == 100
+    # The licence report in brief.
+    assert output["pipeline"] == "fast" and output["licences"] == ["Apache-2.0", "MIT"] and output["commercial_use"]
     assert engine.calls[0] == (b"img", JobOptions(seed=3))
     assert updates and updates[-1]["stage"] == "finish"
     small = make_handler(engine, settings, bucket=None, send_progress=lambda *a: None, max_inline_bytes=50)
@@ -222,6 +246,7 @@ def test_local_test_mode_turns_a_real_photo_into_a_valid_glb(
         BUCKET_ACCESS_KEY_ID="AKIATEST",
         BUCKET_SECRET_ACCESS_KEY="secret",
         BUCKET_NAME="results",
+        LIFT3D_IMAGE_URL_ALLOWLIST=f"{store.url}/inputs/",
         OMP_NUM_THREADS="2",
     )
     completed = subprocess.run(
@@ -237,6 +262,7 @@ def test_local_test_mode_turns_a_real_photo_into_a_valid_glb(
     match = re.search(r"Job result: (\{.*\})", log)
     assert match, log[-2000:]
     output = ast.literal_eval(match.group(1))["output"]  # the SDK logs {"output": <handler's dict>}
+    assert "X-Amz-Signature=<redacted>" in output["glb_url"]  # the SDK's log never holds a working link
     assert output["weights_mode"] == "tiny" and output["seed"] == 1
     assert [put["path"] for put in store.puts] == ["/results/lift3d/local_test.glb"]
     glb = httpx.get(output["glb_url"]).content

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,10 @@ def test_committed_lock_parses_and_has_the_profiles() -> None:
         "TencentARC/InstantMesh/instant_nerf_large.safetensors",
     } <= quality
     assert "TencentARC/InstantMesh/instant_nerf_base.safetensors" in quality
+    assert {
+        "TencentARC/InstantMesh/instant_mesh_large.safetensors",
+        "TencentARC/InstantMesh/instant_mesh_base.safetensors",
+    } <= quality
     # fast is the TripoSR pipeline: only permissively licensed files, nothing of the multiview models.
     fast = lock.for_profile("fast")
     assert [a.path for a in fast] == [
@@ -63,6 +68,11 @@ def test_committed_lock_pins_what_is_known_and_says_what_is_not() -> None:
     nerf = lock.by_path("TencentARC/InstantMesh/instant_nerf_large.safetensors")
     assert nerf.status == "pinned" and re.fullmatch(r"[0-9a-f]{40}", nerf.revision or "")
     assert nerf.convert == "checkpoint-state-dict" and nerf.hub_source.file == "instant_nerf_large.ckpt"
+    for size in ("large", "base"):
+        mesh = lock.by_path(f"TencentARC/InstantMesh/instant_mesh_{size}.safetensors")
+        assert mesh.status == "pinned" and mesh.revision == nerf.revision and mesh.licence == "Apache-2.0"
+        assert mesh.convert == "checkpoint-state-dict" and mesh.hub_source.file == f"instant_mesh_{size}.ckpt"
+        assert re.fullmatch(r"[0-9a-f]{64}", mesh.sha256 or "") and mesh.size and mesh.size > 1_000_000_000
     for artifact in lock.artifacts:
         if artifact.path.startswith("sudo-ai/zero123plus-v1.2/"):
             # Only the short commit 63d1c9c is known: the entry must say the revision is unresolved.
@@ -135,14 +145,18 @@ def test_engine_artifacts_and_profile_per_settings() -> None:
     locked = load_settings({}).engine
     assert profile_for(locked) == "quality"
     paths = {a.path for a in engine_artifacts(locked)}
-    assert "TencentARC/InstantMesh/instant_nerf_large.safetensors" in paths
+    # The FlexiCubes variant is the quality default; only the loaded reconstruct models are read.
+    assert "TencentARC/InstantMesh/instant_mesh_large.safetensors" in paths
+    assert "TencentARC/InstantMesh/instant_nerf_large.safetensors" not in paths
+    both = load_settings({"LIFT3D_RECONSTRUCT_EXTRA_MODELS": "instant-nerf-large"}).engine
+    assert "TencentARC/InstantMesh/instant_nerf_large.safetensors" in {a.path for a in engine_artifacts(both)}
     assert "TencentARC/InstantMesh/diffusion_pytorch_model.safetensors" in paths
     base = load_settings({"LIFT3D_RECONSTRUCT_MODEL": "instant-nerf-base"}).engine
     assert profile_for(base) == "quality"
     assert {a.path for a in engine_artifacts(base)} <= {a.path for a in load_lock().for_profile("quality")}
     info = {row["path"]: row for row in artifact_info(locked)}
     assert info["TencentARC/InstantMesh/diffusion_pytorch_model.safetensors"]["licence"] == "CC-BY-NC-4.0"
-    assert info["TencentARC/InstantMesh/instant_nerf_large.safetensors"]["revision"] is not None
+    assert info["TencentARC/InstantMesh/instant_mesh_large.safetensors"]["revision"] is not None
 
 
 def test_weights_missing_message_names_the_command_and_the_way_around() -> None:
@@ -150,3 +164,38 @@ def test_weights_missing_message_names_the_command_and_the_way_around() -> None:
     assert isinstance(error, WeightsMissing)
     assert "lift3d weights pull --profile quality" in error.message
     assert "--weights dummy" in error.message
+
+
+def test_each_server_profile_reads_only_its_pipelines_files() -> None:
+    fast = load_settings({"LIFT3D_PROFILE": "fast"}).engine
+    assert profile_for(fast) == "fast"
+    assert [a.path for a in engine_artifacts(fast)] == [a.path for a in load_lock().for_profile("fast")]
+    both = load_settings({"LIFT3D_PROFILE": "all"}).engine
+    assert profile_for(both) == "all"
+    assert {a.path for a in engine_artifacts(both)} == {a.path for a in engine_artifacts(fast)} | {
+        a.path for a in engine_artifacts(load_settings({}).engine)
+    }
+    assert [a.path for a in engine_artifacts(load_settings({"LIFT3D_PROFILE": "fast", "LIFT3D_WEIGHTS": "tiny"}).engine)] == [
+        "rembg/u2netp.onnx"
+    ]
+
+
+def test_licence_report_names_every_artifact_and_whether_it_may_earn_money(tmp_path: Path) -> None:
+    from lift3d.weights.catalog import is_commercial, licence_report
+
+    assert not is_commercial("CC-BY-NC-4.0") and is_commercial("MIT") and is_commercial("Apache-2.0")
+    locked = load_settings({}).engine
+    fast = licence_report("fast", locked)
+    assert [row["path"] for row in fast] == [a.path for a in load_lock().for_profile("fast")]
+    assert all(row["commercial_use"] and row["use"] == "weights" for row in fast)
+    multiview = {row["path"]: row for row in licence_report("multiview", locked)}
+    unet = multiview["TencentARC/InstantMesh/diffusion_pytorch_model.safetensors"]
+    assert unet["licence"] == "CC-BY-NC-4.0" and not unet["commercial_use"]
+    tiny = licence_report("fast", load_settings({}, engine__weights="tiny", engine__weights_dir=str(tmp_path)).engine)
+    assert {row["use"] for row in tiny if row["path"].startswith("stabilityai/")} == {"architecture only (tiny weights)"}
+    assert [row["use"] for row in tiny if row["path"] == "rembg/u2netp.onnx"][0].startswith("not used")
+    (tmp_path / "rembg").mkdir()
+    (tmp_path / "rembg" / "u2netp.onnx").write_bytes(b"present")
+    tiny = licence_report("fast", load_settings({}, engine__weights="tiny", engine__weights_dir=str(tmp_path)).engine)
+    assert [row["use"] for row in tiny if row["path"] == "rembg/u2netp.onnx"] == ["weights"]
+

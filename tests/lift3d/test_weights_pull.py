@@ -275,3 +275,23 @@ def test_lock_refuses_to_change_an_existing_pin(hub: FakeHub, tmp_path: Path) ->
     with pytest.raises(Exception, match="refusing to change a pin"):
         resolve_lock(lock_path, endpoint=hub.url, echo=lambda _: None)
     assert lock_path.read_text() == text
+
+
+def test_pull_profile_fast_fetches_only_the_fast_pipelines_files(hub: FakeHub, tmp_path: Path) -> None:
+    from lift3d.weights.lock import load_lock
+
+    committed = load_lock()
+    entries = []
+    for index, artifact in enumerate(committed.artifacts):
+        data = PAYLOAD[: 1000 + index]
+        url = hub.add_file(f"f{index}", data)
+        text = entry(artifact.path, [url_source(url)], data=data).replace('profiles = ["test"]', f"profiles = {artifact.profiles!r}")
+        entries.append(text.replace("'", '"'))
+    profiles = "".join(f"[profiles.{name}]\n" for name in committed.profiles)
+    lock = parse_lock("version = 1\n" + profiles + "\n".join(entries))
+
+    outcomes = pull_profile(lock, "fast", tmp_path, hub_endpoint=hub.url, echo=lambda _: None)
+    assert all(o.action == "installed" for o in outcomes)
+    installed = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and ".lift3d" not in p.parts)
+    assert installed == sorted(a.path for a in committed.for_profile("fast"))
+    assert len(hub.requests) == len(installed)  # nothing of the multiview models was even asked for

@@ -30,7 +30,7 @@ def prefixed_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.shared
-@pytest.mark.parametrize("preset", ["instant-nerf-base", "instant-nerf-large"])
+@pytest.mark.parametrize("preset", ["instant-nerf-base", "instant-nerf-large", "instant-mesh-base", "instant-mesh-large"])
 def test_full_size_build_has_exactly_the_checkpoint_keys_and_shapes(preset: str) -> None:
     manifest = json.loads(shared_path("golden", "instantmesh", "manifests", f"{preset}.json").read_text())
     model = build_empty(LRMConfig.preset(preset))  # meta device: no memory, no init
@@ -138,3 +138,27 @@ def test_grid_to_world_maps_the_density_grid_corners_to_the_cube_corners() -> No
     synthesizer = build_random(LRMConfig.preset("tiny"), seed=0).synthesizer
     corners = synthesizer.grid_to_world(torch.tensor([[0.0, 0.0, 0.0], [8.0, 4.0, 0.0]]), 9)
     torch.testing.assert_close(corners, torch.tensor([[-1.0, -1.0, -1.0], [1.0, 0.0, -1.0]]))
+
+
+def test_mesh_variant_loads_strictly_and_refuses_a_nerf_checkpoint(tmp_path: Path) -> None:
+    from models.instantmesh.lrm import InstantMesh, InstantNeRF
+
+    mesh_config, nerf_config = LRMConfig.preset("tiny-mesh"), LRMConfig.preset("tiny")
+    assert mesh_config.variant == "mesh" and (mesh_config.grid_res, mesh_config.grid_scale) == (32, 2.1)
+    source = build_random(mesh_config, seed=3).eval()
+    assert isinstance(source, InstantMesh) and isinstance(build_random(nerf_config, seed=3), InstantNeRF)
+    ckpt = tmp_path / "instant_mesh_tiny.ckpt"
+    torch.save({"state_dict": {**prefixed_state(source), "loss_fn.net.weight": torch.ones(1)}}, ckpt)
+    model, report = load_pretrained(mesh_config, ckpt)
+    assert isinstance(model, InstantMesh) and report.ignored_outside_prefix == 1
+    for (name, a), (_, b) in zip(model.state_dict().items(), source.state_dict().items()):
+        assert torch.equal(a, b), name
+    nerf_ckpt = tmp_path / "instant_nerf_tiny.ckpt"
+    torch.save({"state_dict": prefixed_state(build_random(nerf_config, seed=3))}, nerf_ckpt)
+    with pytest.raises(WeightsCorrupt):
+        load_pretrained(mesh_config, nerf_ckpt)  # the NeRF decoder's keys are not the mesh heads'
+
+
+def test_locked_mesh_mode_looks_for_the_mesh_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(WeightsMissing, match="instant_mesh_large"):
+        load_for_mode("locked", "instant-mesh-large", weights_dir=tmp_path, device="cpu")

@@ -67,6 +67,10 @@ def test_a_photo_becomes_a_valid_glb_labelled_as_tiny(tiny_engine, tmp_path, mon
     assert_valid_glb(result.glb)
     extras = glb_json(result.glb)["asset"]["extras"]
     assert extras["weights_mode"] == "tiny" and extras["seed"] == 7
+    # The licence report: the default pipeline is multiview, and its CC-BY-NC artifacts are named.
+    assert extras["pipeline"] == "multiview" and result.metadata["pipeline"] == "multiview"
+    non_commercial = [a["path"] for a in extras["artifacts"] if not a["commercial_use"]]
+    assert "TencentARC/InstantMesh/diffusion_pytorch_model.safetensors" in non_commercial
 
 
 @pytest.mark.shared

@@ -95,6 +95,7 @@ def run_stage(
     stage: ReconstructStage, *, weights: str, views: torch.Tensor | None = None, cancel: CancelToken | None = None,
     on_event: Callable[[ProgressEvent], None] | None = None, **overrides,
 ) -> tuple[JobState, list[ProgressEvent]]:
+    overrides.setdefault("engine__reconstruct__model", "instant-nerf-large")  # this file covers the NeRF path
     settings = load_settings({}, engine__weights=weights, engine__device="cpu", **overrides)
     runtime = Runtime.from_settings(settings.engine)
     stage.load(runtime)

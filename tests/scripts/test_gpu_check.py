@@ -131,7 +131,8 @@ def test_cpu_mode_runs_every_step_and_leaves_the_gpu_file_set(tmp_path: Path, u2
         assert steps["validate"]["glb"]["validator"] == "khronos+structural"
     assert steps["validate"]["glb"]["structural"]["faces"] > 0
     pipeline = json.loads(next(out.glob("pipeline-*.json")).read_text())
-    assert [c["config"]["name"] for c in pipeline["configs"]] == ["baseline", "bf16-28", "bf16-28-nerf-base"]
+    assert [c["config"]["name"] for c in pipeline["configs"]] == ["baseline", "bf16-28", "bf16-28-nerf-base", "triposr"]
+    assert pipeline["configs"][-1]["pipeline"] == "fast"
     assert all("error" not in c for c in pipeline["configs"]) and pipeline["environment"]["git"]["commit"]
     http = json.loads(next(out.glob("http-*.json")).read_text())
     assert [level["concurrency"] for level in http["levels"]] == [1, 4]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 from pathlib import Path
 
 import pytest
 
-from lift3d.errors import DataDirInUse, InvalidOption, JobNotFound
+from lift3d.errors import DataDirInUse, InvalidOption, JobNotFound, StorageFull
 from lift3d.settings import StorageSettings
 from server.jobstore import JobStore
 from server.results import generate_key_text
@@ -143,11 +144,11 @@ def test_failed_publish_leaves_nothing(life: Storage, monkeypatch) -> None:
 
     def put_then_fail(job_id, name, data):
         if name == "views.png":
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, "No space left on device")
         return real_put(job_id, name, data)
 
     monkeypatch.setattr(life.results, "put", put_then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageFull):
         life.publish(record.id, {"model.glb": GLB, "views.png": b"png"})
     assert not (life.results.root / record.id).exists()
 

@@ -29,17 +29,19 @@ SECRET = "whsec-test"
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "sent"),
     [
-        "https://app.example.com/hooks/",
-        "https://app.example.com/hooks/job?x=1",
-        "https://APP.example.com:443/hooks/a/b",
-        "http://127.0.0.1:9000/lift3d",
-        "http://127.0.0.1:9000/lift3d/done",
+        ("https://app.example.com/hooks/", "https://app.example.com/hooks/"),
+        ("https://app.example.com/hooks/job?x=1", "https://app.example.com/hooks/job?x=1"),
+        ("https://APP.example.com:443/hooks/a/b", "https://app.example.com/hooks/a/b"),
+        ("http://127.0.0.1:9000/lift3d", "http://127.0.0.1:9000/lift3d"),
+        ("http://127.0.0.1:9000/lift3d/done", "http://127.0.0.1:9000/lift3d/done"),
+        ("http://2130706433:9000/lift3d/%64one", "http://127.0.0.1:9000/lift3d/done"),
+        ("https://app.example.com./hooks/x/../y", "https://app.example.com/hooks/y"),
     ],
 )
-def test_allowed_targets(url: str) -> None:
-    assert validate_webhook_url(url, ALLOW) == url
+def test_allowed_targets_come_back_normalised(url: str, sent: str) -> None:
+    assert validate_webhook_url(url, ALLOW) == sent
 
 
 @pytest.mark.parametrize(
@@ -60,12 +62,64 @@ def test_allowed_targets(url: str) -> None:
         "https://app.example.com/hooks/\r\nX-Injected: 1",
         "not a url",
         "https://app.example.com:99999/hooks/",
+        # The URL that would be sent leaves the allow-list, however it is spelt.
+        "https://app.example.com/hooks/../evil",
+        "https://app.example.com/hooks/%2e%2e/evil",
+        "https://app.example.com/hooks/%2E%2E/evil",
+        "https://app.example.com/hooks/.%2e/evil",
+        "https://app.example.com/hooks/..%2Fevil",
+        "https://app.example.com/hooks/%2e%2e%2fevil",
+        "https://app.example.com/hooks/..;/evil",
+        "https://app.example.com/hooks/..\\evil",
+        "https://app.example.com/hooks/%5c..%5cevil",
+        "https://app.example.com:443@evil.net/hooks/",
+        "https://app.example.com%2F@evil.net/hooks/",
+        "https://app.example.com%2eevil.net/hooks/",
+        "https://app.example.com/hooks/#frag",
+        "https://app.example.com/hooks/x#",
+        "http://127.0.0.1:9000/lift3d/../admin",
+        "http://0x7f.0.0.1:9000/lift3d/../admin",
+        "http://[::1]:9000/lift3d",
+        "http://[::ffff:127.0.0.1]:9000/lift3d",
+        "javascript://app.example.com/hooks/",
+        "https:app.example.com/hooks/",
+        "https:///app.example.com/hooks/",
     ],
 )
 def test_rejected_targets_are_422(url: str) -> None:
     with pytest.raises(InvalidOption) as info:
         validate_webhook_url(url, ALLOW)
     assert http_status(info.value) == 422 and info.value.code == "webhook_not_allowed"
+
+
+def test_allowlist_entries_are_normalised_too() -> None:
+    allow = ("HTTPS://Hooks.Example.:443/a/./b/", "http://[0:0::1]:9000/x")
+    assert validate_webhook_url("https://hooks.example/a/b/c", allow) == "https://hooks.example/a/b/c"
+    assert validate_webhook_url("http://[::1]:9000/x/y", allow) == "http://[::1]:9000/x/y"
+    with pytest.raises(InvalidOption):
+        validate_webhook_url("https://hooks.example/a/c", allow)
+
+
+def test_delivery_sends_exactly_the_normalised_url(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(bytes(request.url.scheme, "ascii") + b"://" + request.url.netloc + request.url.raw_path)
+        return httpx.Response(204)
+
+    settings = StorageSettings(webhook_allowlist=ALLOW, webhook_secret=SECRET, webhook_max_attempts=1)
+    store = JobStore.in_data_dir(tmp_path)
+    url = check_webhook_request("https://APP.example.com/hooks/x/%2e%2E/done%7e?a=%2f", settings)
+    assert url == "https://app.example.com/hooks/done~?a=%2F"
+    record = _record(store, webhook_url=url)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    notifier = WebhookNotifier(settings, store, client=client)
+    assert asyncio.run(notifier.deliver(record)) is True
+    assert seen == [b"https://app.example.com/hooks/done~?a=%2F"]
+    # A stored URL the allow-list no longer covers is never sent.
+    narrowed = WebhookNotifier(StorageSettings(webhook_allowlist=("https://other.example/",), webhook_secret=SECRET), store, client=client)
+    assert asyncio.run(narrowed.deliver(record)) is False
+    assert len(seen) == 1 and store.get(record.id).webhook_status == "failed"
 
 
 def test_empty_allowlist_disables_webhooks() -> None:
@@ -115,13 +169,13 @@ def test_rotating_receivers_accept_any_v1() -> None:
 
 
 def _record(store: JobStore, **fields) -> JobRecord:
+    fields.setdefault("webhook_url", "http://127.0.0.1:9000/lift3d/done")
     record = JobRecord(
         id=new_job_id(),
         created_at=1.0,
         retention_seconds=60,
         owner="owner-secret",
         options={"steps": 3},
-        webhook_url="http://127.0.0.1:9000/lift3d/done",
         **fields,
     )
     store.create(record)

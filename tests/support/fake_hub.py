@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +23,8 @@ class Served:
     body: bytes
     lfs: bool = True  # LFS files carry their sha256 as the ETag, like the Hub
     cut_first_get_after: int | None = None
+    # Seconds to wait before sending the body (a slow download someone can watch).
+    delay_seconds: float = 0.0
     gets: int = 0
 
 
@@ -133,6 +136,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if head:
                 return
             served.gets += 1
+            time.sleep(served.delay_seconds)
             chunk = body[start:]
             if served.gets == 1 and served.cut_first_get_after is not None:
                 # Promise the whole body, send part of it, hang up: an interrupted download.

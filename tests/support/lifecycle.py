@@ -95,12 +95,15 @@ class ServerProcess:
     port: int = 0
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    # Extra `lift3d serve` flags (the fake engine's server parses them the same way).
+    args: list[str] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 240.0) -> "ServerProcess":
+    def start(self, timeout: float = 240.0, *, ready: bool = True) -> "ServerProcess":
+        """Start and wait for /readyz 200 (or, with ``ready=False``, only for /healthz: the process answers)."""
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIFT3D_")}
         env.update(
@@ -124,6 +127,7 @@ class ServerProcess:
             command = [sys.executable, "-m", "tests.support.lifecycle"]
         else:
             command = [sys.executable, "-m", "lift3d.entrypoints.cli", "serve", "--weights", "tiny", "--device", "cpu"]
+        command += self.args
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -133,7 +137,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(self.base_url + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(self.base_url + ("/readyz" if ready else "/healthz"), timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -187,39 +191,52 @@ class ServerProcess:
         raise AssertionError(f"job {job_id} not in {statuses} within {timeout}s: {view}\n{self.log_tail()}")
 
 
-def _serve_fake_engine() -> int:
-    """The server with stand-in model stages: 0.5 s per step, cancellable, a box GLB."""
-    import trimesh
+class StandInStages:
+    """The model stages of the fake engine: 0.5 s per step, cancellable, a box GLB (and views if asked)."""
 
-    from lift3d.settings import load_settings
+    name = "multiview"
+    progress_weight = 0.9
+
+    def load(self, runtime: object) -> None:
+        import trimesh
+
+        self.glb = trimesh.creation.box(extents=(1.0, 0.5, 0.25)).export(file_type="glb")
+
+    def run(self, job: Any, ctx: Any) -> None:
+        steps = job.options.steps
+        for step in range(steps):
+            ctx.check_cancelled()
+            time.sleep(0.5)
+            ctx.report(step + 1, steps, "step")
+        job.glb = self.glb
+        job.qa = {"vertices": 8, "faces": 12, "watertight": True}
+        if job.options.return_views:
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.new("RGB", (64, 96), (10, 200, 10)).save(buffer, format="PNG")
+            job.previews["views"] = buffer.getvalue()
+
+
+def fake_engine(settings: Any) -> Any:
     from pipeline.decode import DecodeStage
     from pipeline.engine import Engine
+
+    return Engine(settings.engine, [DecodeStage(), StandInStages()])
+
+
+def _serve_fake_engine() -> int:
+    """The server with stand-in model stages (``StandInStages``)."""
+    from lift3d.entrypoints.cli import _settings_from, build_parser
     from server.main import serve
 
-    class StandInStages:
-        name = "multiview"
-        progress_weight = 0.9
+    test_lock = os.environ.get("LIFT3D_TEST_WEIGHTS_LOCK")
+    if test_lock:  # the pod tests' own lock, whose files a fake hub serves
+        from lift3d.weights import catalog
 
-        def load(self, runtime: object) -> None:
-            self.glb = trimesh.creation.box(extents=(1.0, 0.5, 0.25)).export(file_type="glb")
-
-        def run(self, job: Any, ctx: Any) -> None:
-            steps = job.options.steps
-            for step in range(steps):
-                ctx.check_cancelled()
-                time.sleep(0.5)
-                ctx.report(step + 1, steps, "step")
-            job.glb = self.glb
-            job.qa = {"vertices": 8, "faces": 12, "watertight": True}
-            if job.options.return_views:
-                from PIL import Image
-
-                buffer = io.BytesIO()
-                Image.new("RGB", (64, 96), (10, 200, 10)).save(buffer, format="PNG")
-                job.previews["views"] = buffer.getvalue()
-
-    settings = load_settings()
-    return serve(settings, Engine(settings.engine, [DecodeStage(), StandInStages()]))
+        catalog.DEFAULT_LOCK_PATH = Path(test_lock)
+    settings = _settings_from(build_parser().parse_args(["serve", *sys.argv[1:]]))
+    return serve(settings, fake_engine(settings), check_weights=bool(test_lock))
 
 
 if __name__ == "__main__":

@@ -191,8 +191,14 @@ def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="serve lift3d with a fake engine (tests only)")
     parser.add_argument("--seconds-per-step", type=float, default=0.05)
+    parser.add_argument("--full-disk-flag", type=Path, help="the data disk acts full while this file exists")
     args = parser.parse_args(argv)
     from server.main import serve
+
+    if args.full_disk_flag is not None:
+        from tests.support.faults import install_file_switch
+
+        install_file_switch(args.full_disk_flag)
 
     settings = load_settings()
     return serve(settings, fake_engine(settings, seconds_per_step=args.seconds_per_step))

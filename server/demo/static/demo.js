@@ -74,6 +74,21 @@ function askForKey() {
   $("submit").disabled = true;
 }
 
+// The pipelines this server's profile loads, its default selected; each says whether its
+// licences allow commercial use (/v1/info's licence report).
+function showPipelines(pipelines) {
+  const select = $("pipeline");
+  select.replaceChildren();
+  for (const pipeline of pipelines) {
+    const option = document.createElement("option");
+    option.value = pipeline.name;
+    option.textContent = pipeline.commercial_use ? pipeline.name : `${pipeline.name} (non-commercial licence)`;
+    option.selected = pipeline.default;
+    select.append(option);
+  }
+  $("pipeline-field").hidden = pipelines.length < 2;
+}
+
 async function checkKey() {
   const response = await fetch("/v1/info", { headers: authHeaders() });
   if (response.status === 401) {
@@ -88,6 +103,7 @@ async function checkKey() {
     return;
   }
   const info = await response.json();
+  showPipelines(info.pipelines || []);
   $("key-form").hidden = true;
   $("submit").disabled = state.file === null;
   if (info.weights_mode && info.weights_mode !== "locked") {
