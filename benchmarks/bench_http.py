@@ -36,6 +36,7 @@ log = logging.getLogger("lift3d.bench")
 
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 DEFAULT_LEVELS = (1, 2, 4, 8)
+DEFAULT_QUEUE_SIZE = 8  # the server's own default (server.queue_size)
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,18 @@ class LoadGenerator:
         return tally, last - started
 
 
+# The device lane's stages (pipeline/lanes.py); background joins them only when it runs on CUDA.
+DEVICE_STAGES = ("multiview", "reconstruct")
+
+
+def device_busy_fraction(outcomes: Sequence[Outcome], elapsed_s: float) -> float | None:
+    """The server's device-lane stage seconds over the level's time: how busy the device lane kept
+    the GPU, from the job records alone (no NVML needed; CPU launch overheads count as busy)."""
+    if elapsed_s <= 0:
+        return None
+    return sum(o.timings.get(name, 0.0) for o in outcomes for name in DEVICE_STAGES) / elapsed_s
+
+
 def level_report(concurrency: int, window_s: float, tally: LevelTally, elapsed_s: float) -> dict[str, Any]:
     succeeded = [o for o in tally.outcomes if o.status == "succeeded"]
     failed = [o for o in tally.outcomes if o.status != "succeeded"]
@@ -232,6 +245,7 @@ def level_report(concurrency: int, window_s: float, tally: LevelTally, elapsed_s
         # Accepted jobs the client lost track of (stream broke, GLB download failed, timed out).
         "client_errors": sum(1 for o in failed if o.status == "client_error"),
         "throughput_jobs_per_min": 60.0 * len(succeeded) / elapsed_s if elapsed_s > 0 else None,
+        "device_busy_fraction": device_busy_fraction(succeeded, elapsed_s),
         "latency_s": common.summarize(o.latency_s for o in succeeded),
         "submit_s": common.summarize(o.submit_s for o in succeeded),
         "download_s": common.summarize(o.download_s for o in succeeded if o.download_s is not None),
@@ -344,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--num-images", type=int, default=8, help="photos the clients cycle through")
     parser.add_argument("--levels", default=",".join(map(str, DEFAULT_LEVELS)), help="concurrency levels, comma-separated")
     parser.add_argument("--window", type=float, default=60.0, help="seconds each level submits new jobs")
+    parser.add_argument("--saturate", action="store_true", help="one level at queue size + 4 clients (replaces --levels)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed jobs before the first level")
     parser.add_argument("--steps", type=int, help="diffusion steps per job (default: the server's)")
     parser.add_argument("--seed", type=int, default=0, help="seed sent with every job")
@@ -375,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
     levels = [int(level) for level in args.levels.split(",") if level.strip()]
+    if args.saturate:
+        # Clients beyond the queue and the four jobs the lanes hold: the queue never empties.
+        levels = [(args.queue_size or DEFAULT_QUEUE_SIZE) + 4]
     if not levels or min(levels) < 1:
         raise SystemExit("--levels needs positive integers, e.g. 1,2,4,8")
     options: dict[str, Any] = {"seed": args.seed}

@@ -191,9 +191,10 @@ def http_table(document: dict[str, Any]) -> list[str]:
             pct(level["rate_429"]),
             str(level["failed"] + level["errors"]),
             fmt(gpu.get("mean_percent")) if gpu.get("available") else "–",
+            pct(level.get("device_busy_fraction")),
         ])
     header = ["concurrency", "jobs done", "jobs/min", "p50 s", "p95 s", "queue wait p50 s",
-              "service p50 s", "429 rate", "failed", "GPU util %"]
+              "service p50 s", "429 rate", "failed", "GPU util %", "device lane busy"]
     return _table(header, rows)
 
 
@@ -210,7 +211,8 @@ def http_markdown(document: dict[str, Any]) -> str:
         "",
         "Latency is end to end as a client sees it: upload, queue, run, and the GLB downloaded. "
         "Queue wait and service come from the job records (started − created, finished − started). "
-        "jobs/min = jobs done / (first submit to last completion).",
+        "jobs/min = jobs done / (first submit to last completion). "
+        "Device lane busy = the jobs' multiview + reconstruct seconds (their records) / that same time.",
     ]
     if not any(level["gpu_utilization"].get("available") for level in document["levels"]):
         reason = document["levels"][0]["gpu_utilization"].get("reason") if document["levels"] else None

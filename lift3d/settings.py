@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -63,6 +63,10 @@ class ReconstructSettings(msgspec.Struct, frozen=True, kw_only=True):
     random_weights_iso_quantile: float = 0.7
     color_query_chunk: int = 262_144
     views: Literal[6, 4] = 6
+    # The LRM's image encoder and transformer on CUDA: "auto" is bfloat16 where the GPU has
+    # it; the triplane field (density and colour queries, so the iso-level) always runs in
+    # float32, and on a CPU everything does (golden-exact).
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
     @property
     def loaded_models(self) -> tuple[str, ...]:
@@ -95,6 +99,9 @@ class FinishSettings(msgspec.Struct, frozen=True, kw_only=True):
     # UV charts: "box" (axis-projected charts packed by xatlas, fast) or "xatlas" (xatlas
     # segments and parameterises too: less distortion, tens of seconds on a small CPU).
     charts: Literal["box", "xatlas"] = "box"
+    # zlib level of the texture PNG: 1 encodes a 1024² texture about 3x faster than 6 for a
+    # few percent more bytes (benchmarks/results/finish.md).
+    png_compression: Annotated[int, msgspec.Meta(ge=0, le=9)] = 1
 
 
 class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +117,17 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     reconstruct: ReconstructSettings = msgspec.field(default_factory=ReconstructSettings)
     fast: FastSettings = msgspec.field(default_factory=FastSettings)
     finish: FinishSettings = msgspec.field(default_factory=FinishSettings)
+    # Overlap jobs across two lanes (pipeline/lanes.py): job N's CPU work runs while job
+    # N+1's device stages run. Off: one job at a time through every stage.
+    overlap: bool = True
+    # Threads for torch's intra-op pool, onnxruntime sessions and OpenMP/BLAS; 0 picks the
+    # default share of the cores (lift3d.process.default_cpu_threads); never above the cores.
+    cpu_threads: int = 0
+    # TF32 matmuls and convolutions on CUDA (float32 work only; no effect on a CPU).
+    tf32: bool = True
+    # torch.compile the UNet and the LRM (static shapes), compiled during warm-up. Off until a
+    # GPU measurement shows its worth.
+    compile: bool = False
 
     @property
     def weights_path(self) -> Path:
@@ -237,6 +255,12 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_RECONSTRUCT_MODEL": ("engine.reconstruct.model", str),
     "LIFT3D_RECONSTRUCT_EXTRA_MODELS": ("engine.reconstruct.extra_models", _split_list),
     "LIFT3D_GRID_RESOLUTION": ("engine.reconstruct.grid_resolution", int),
+    "LIFT3D_RECONSTRUCT_PRECISION": ("engine.reconstruct.precision", str),
+    "LIFT3D_PNG_COMPRESSION": ("engine.finish.png_compression", int),
+    "LIFT3D_OVERLAP": ("engine.overlap", _flag),
+    "LIFT3D_CPU_THREADS": ("engine.cpu_threads", int),
+    "LIFT3D_TF32": ("engine.tf32", _flag),
+    "LIFT3D_COMPILE": ("engine.compile", _flag),
     "LIFT3D_FAST_GRID_RESOLUTION": ("engine.fast.grid_resolution", int),
     "LIFT3D_HOST": ("server.host", str),
     "LIFT3D_PORT": ("server.port", int),

@@ -86,7 +86,7 @@ def _pinned_session_class(name: str, path: Path) -> type:
     return type(f"Pinned{base.__name__}", (base,), {"download_models": classmethod(download_models)})
 
 
-def load_session(weights_dir: Path, name: str, *, prefer_cuda: bool = True) -> Any:
+def load_session(weights_dir: Path, name: str, *, prefer_cuda: bool = True, threads: int | None = None) -> Any:
     """A resident rembg session for ``name`` on a sha256-verified local file.
 
     Raises ``WeightsMissing`` when the file is absent and ``WeightsCorrupt``
@@ -97,7 +97,12 @@ def load_session(weights_dir: Path, name: str, *, prefer_cuda: bool = True) -> A
     path = verify_model_file(weights_dir, name)
     providers = onnx_providers(prefer_cuda)
     session_class = _pinned_session_class(name, path)
-    session = session_class(name, onnxruntime.SessionOptions(), providers=providers)
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        # One job at a time per session: parallel operators, no parallel graph branches.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = session_class(name, options, providers=providers)
     provider = session_provider(session)
     if providers[0] != provider:
         log.warning("rembg %s: %s did not load, running on %s", name, providers[0], provider)

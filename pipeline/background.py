@@ -60,14 +60,15 @@ class Segmenter(Protocol):
 class RembgSegmenter:
     """A resident rembg session (see models.background): loaded once, never downloads."""
 
-    def __init__(self, weights_dir: Path, model: str, prefer_cuda: bool) -> None:
+    def __init__(self, weights_dir: Path, model: str, prefer_cuda: bool, threads: int | None = None) -> None:
         from models.background import load_session
 
         from models.background import session_provider
 
         self.name = model
-        self._session = load_session(weights_dir, model, prefer_cuda=prefer_cuda)
+        self._session = load_session(weights_dir, model, prefer_cuda=prefer_cuda, threads=threads)
         self.provider = session_provider(self._session)
+        self.on_device = self.provider == "CUDAExecutionProvider"
 
     def mask(self, image: Image.Image) -> Image.Image:
         # The session's predict() rather than rembg.remove(): remove() re-applies EXIF
@@ -188,6 +189,8 @@ class BackgroundStage:
         # A pipeline whose model takes a larger image than the settings' size (TripoSR: 512 px).
         self.output_size = output_size
         self._shares: BackgroundStage | None = None
+        # The host lane, unless the segmenter runs on the GPU (pipeline/lanes.py).
+        self.lane = "host"
 
     def resized(self, output_size: int) -> "BackgroundStage":
         """The same stage at another cut-out size, sharing this one's segmentation model (loaded once)."""
@@ -206,6 +209,7 @@ class BackgroundStage:
             self._segmenter = self._shares._segmenter
         if self._segmenter is None:
             self._segmenter = self._load_segmenter(runtime)
+        self.lane = "device" if getattr(self._segmenter, "on_device", False) else "host"
 
     @staticmethod
     def _load_segmenter(runtime: Runtime) -> Segmenter:
@@ -216,7 +220,7 @@ class BackgroundStage:
         # In dummy/tiny mode the real (small) model is still used when its file is there;
         # only its absence falls back to the labelled heuristic. Locked mode always needs the file.
         if runtime.weights_mode == "locked" or model_file(weights_dir, settings.model).is_file():
-            return RembgSegmenter(weights_dir, settings.model, prefer_cuda=runtime.is_cuda)
+            return RembgSegmenter(weights_dir, settings.model, prefer_cuda=runtime.is_cuda, threads=runtime.cpu_threads)
         log.warning("no rembg %s file in %s: %s mode uses the border-colour heuristic", settings.model, weights_dir, runtime.weights_mode)
         return BorderColourSegmenter()
 

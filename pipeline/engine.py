@@ -6,16 +6,20 @@ The HTTP server, the CLI and the benchmarks all drive this one class.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 from lift3d.settings import EngineSettings
 from lift3d.errors import Lift3dError, PipelineNotLoaded
 from pipeline.events import CancelToken, ProgressBus, ProgressEvent, ProgressHandler
+from pipeline.lanes import DEVICE, HOST, Lane
 from pipeline.options import JobOptions, default_pipeline, resolve_options
+from pipeline.precision import apply_tf32
 from pipeline.runtime import Runtime
 from pipeline.stage import Stage, StageContext
 from pipeline.state import JobResult, JobState
@@ -169,6 +173,7 @@ class Engine:
         with self._load_lock:
             if self.loaded:
                 return
+            apply_tf32(self.runtime)
             seen: set[int] = set()
             for pipeline, chain in self.pipelines.items():
                 for stage in chain:
@@ -197,14 +202,39 @@ class Engine:
         assert result is not None
         return result
 
-    def run(
+    def lane_of(self, stage: Stage) -> Lane:
+        """The lane a stage runs in: its ``lane`` attribute ("device" or "host"), "host" when it has none."""
+        lane = getattr(stage, "lane", HOST)
+        if lane not in (DEVICE, HOST):
+            raise StageContractError(f"stage {stage.name} names an unknown lane {lane!r}")
+        return lane
+
+    def parts(self, stages: list[Stage] | None = None) -> list["JobPart"]:
+        """A pipeline's stages (the default one's unless given) split into the host part before the
+        device, the device part and the host part after.
+
+        Everything from the first device stage to the last one runs in the device lane
+        (a host stage between two device stages stays with them: one hand-off each way).
+        Empty parts are left out; a pipeline with no device stage is one host part.
+        """
+        stages = self.stages if stages is None else stages
+        lanes = [self.lane_of(stage) for stage in stages]
+        if DEVICE not in lanes:
+            return [JobPart(HOST, tuple(range(len(stages))))] if stages else []
+        first = lanes.index(DEVICE)
+        last = len(lanes) - 1 - lanes[::-1].index(DEVICE)
+        split = [(HOST, range(0, first)), (DEVICE, range(first, last + 1)), (HOST, range(last + 1, len(lanes)))]
+        return [JobPart(lane, tuple(indices)) for lane, indices in split if len(indices)]
+
+    def begin(
         self,
         image_bytes: bytes,
         options: JobOptions | None = None,
         *,
         progress: ProgressHandler | Iterable[ProgressHandler] | None = None,
         cancel: CancelToken | None = None,
-    ) -> JobResult:
+    ) -> "EngineJob":
+        """A job ready to run part by part (``EngineJob.run_part``); ``run`` is this, all parts in order."""
         if not self.loaded:
             self.load()
         resolved = resolve_options(options or JobOptions(), self.settings)
@@ -217,7 +247,6 @@ class Engine:
         elif progress is not None:
             for handler in progress:
                 bus.subscribe(handler)
-        cancel = cancel or CancelToken()
         job = JobState(options=resolved, input_bytes=image_bytes)
         job.metadata.update(
             weights_mode=self.settings.weights,
@@ -225,44 +254,107 @@ class Engine:
             pipeline=resolved.pipeline,
             artifacts=[dict(row) for row in self.licences.get(resolved.pipeline, [])],
         )
-        timings: dict[str, float] = {}
-        start_fraction = 0.0
+        return EngineJob(self, job, bus, cancel or CancelToken(), stages, spans)
+
+    def run(
+        self,
+        image_bytes: bytes,
+        options: JobOptions | None = None,
+        *,
+        progress: ProgressHandler | Iterable[ProgressHandler] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> JobResult:
+        job = self.begin(image_bytes, options, progress=progress, cancel=cancel)
         try:
-            for stage, span in zip(stages, spans):
-                cancel.raise_if_cancelled()
-                ctx = StageContext(self.runtime, stage.name, bus, cancel, start_fraction, span)
-                ctx.report(0, 1, "started", check_cancel=False)
-                if self.check_contracts:
-                    check_stage_inputs(stage, job)
-                    before = _snapshot(job)
-                self.runtime.synchronize()
-                started = time.perf_counter()
-                try:
-                    stage.run(job, ctx)
-                except Exception as error:
-                    log.info("stage %s stopped the job: %s: %s", stage.name, type(error).__name__, error)
-                    raise
-                if self.check_contracts:
-                    check_stage_contract(stage, before, job)
-                self.runtime.synchronize()
-                timings[stage.name] = time.perf_counter() - started
-                start_fraction += span
-                ctx.report(1, 1, "done", check_cancel=False)
-            if job.glb is None:
-                raise Lift3dError("the stages finished without producing a GLB")
-            return JobResult(
-                glb=job.glb,
-                options=resolved,
-                timings=timings,
-                qa=dict(job.qa),
-                previews=dict(job.previews),
-                weights_mode=self.settings.weights,
-                metadata=dict(job.metadata),
-            )
+            for part in job.parts:
+                job.run_part(part)
+            return job.result()
         finally:
-            # Every path (success, error, cancel) forgets the upload and the intermediates.
-            job.drop_inputs()
-            job.previews = {}
+            job.close()
+
+    def _run_stage(self, stage: Stage, span: float, job: "EngineJob") -> None:
+        job.cancel.raise_if_cancelled()
+        ctx = StageContext(self.runtime, stage.name, job.bus, job.cancel, job.start_fraction, span)
+        ctx.report(0, 1, "started", check_cancel=False)
+        state = job.state
+        if self.check_contracts:
+            check_stage_inputs(stage, state)
+            before = _snapshot(state)
+        self.runtime.synchronize()
+        started = time.perf_counter()
+        try:
+            stage.run(state, ctx)
+        except Exception as error:
+            log.info("stage %s stopped the job: %s: %s", stage.name, type(error).__name__, error)
+            raise
+        if self.check_contracts:
+            check_stage_contract(stage, before, state)
+        self.runtime.synchronize()
+        job.timings[stage.name] = time.perf_counter() - started
+        job.start_fraction += span
+        ctx.report(1, 1, "done", check_cancel=False)
+
+
+@dataclass(frozen=True)
+class JobPart:
+    """A run of consecutive stages that one lane runs for one job."""
+
+    lane: Lane
+    stages: tuple[int, ...]  # indices into the job's pipeline stages
+
+
+class EngineJob:
+    """One job inside the engine, run part by part.
+
+    The lanes (pipeline/lanes.py) run its parts on different threads but never two at
+    once and always in order, each hand-off under a lock, so the job's progress events
+    stay in order and its state is never shared. ``close`` must run on every path: it
+    drops the upload and every intermediate (the device lane's triplanes included).
+    """
+
+    def __init__(
+        self, engine: Engine, state: JobState, bus: ProgressBus, cancel: CancelToken, stages: list[Stage], spans: list[float]
+    ) -> None:
+        self.engine = engine
+        self.state = state
+        self.bus = bus
+        self.cancel = cancel
+        self.stages, self.spans = stages, spans
+        self.parts = engine.parts(stages)
+        self.timings: dict[str, float] = {}
+        self.start_fraction = 0.0
+        self._next_part = 0
+
+    def run_part(self, part: JobPart) -> None:
+        """Run ``part``'s stages; a cancellation or deadline stops it before any stage starts."""
+        if self._next_part >= len(self.parts) or part is not self.parts[self._next_part]:
+            raise StageContractError("a job's parts must run once each, in order")
+        self._next_part += 1
+        for index in part.stages:
+            self.engine._run_stage(self.stages[index], self.spans[index], self)
+
+    def lane_parts(self) -> list[tuple[Lane, Callable[[], None]]]:
+        """The parts as ``pipeline.lanes.LaneJob`` takes them."""
+        return [(part.lane, functools.partial(self.run_part, part)) for part in self.parts]
+
+    def result(self) -> JobResult:
+        job = self.state
+        if self._next_part != len(self.parts) or job.glb is None:
+            raise Lift3dError("the stages finished without producing a GLB")
+        return JobResult(
+            glb=job.glb,
+            options=job.options,
+            timings=dict(self.timings),
+            qa=dict(job.qa),
+            previews=dict(job.previews),
+            weights_mode=self.engine.settings.weights,
+            metadata=dict(job.metadata),
+        )
+
+    def close(self) -> None:
+        """Every path (success, error, cancel) forgets the upload and the intermediates."""
+        self.state.drop_inputs()
+        self.state.previews = {}
 
 
 class TerminalProgress:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models.zero123plus.factory import MultiviewModel, build_multiview_model
+from pipeline.precision import compile_modules
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.png import png_bytes
@@ -70,6 +71,7 @@ def intra_op_threads(count: int | None) -> Iterator[None]:
 class MultiviewStage:
     name: ClassVar[str] = "multiview"
     progress_weight: ClassVar[float] = 0.55
+    lane: ClassVar[str] = "device"
     reads: ClassVar[frozenset[str]] = frozenset({"cutout"})
     writes: ClassVar[frozenset[str]] = frozenset({"views", "views_grid", "previews", "metadata"})
 
@@ -87,8 +89,11 @@ class MultiviewStage:
                 device=runtime.device,
                 dtype=runtime.dtype,
             )
+        unet = [("unet", self.model.pipeline.components.unet)] if runtime.settings.compile else []
+        compiled = compile_modules(runtime, unet)
         self._info = {
             **self.model.info,
+            "compiled": compiled,
             "weights_mode": runtime.weights_mode,
             "variant": runtime.settings.multiview.variant,
             "dtype": str(runtime.dtype).removeprefix("torch."),

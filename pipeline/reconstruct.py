@@ -43,6 +43,7 @@ from models.instantmesh.lrm import InstantMesh
 from lift3d.errors import EmptyReconstruction, Lift3dError
 from models.isosurface.marching_cubes import marching_cubes
 from pipeline.iso_levels import choose_iso_level, choose_sdf_level, close_at_border, close_sdf_at_border
+from pipeline.precision import compile_modules, field_precision, lrm_autocast, lrm_autocast_dtype
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import ColorQuery, JobState, ReconstructedMesh
@@ -111,6 +112,9 @@ class SubSteps:
 class ReconstructStage:
     name: ClassVar[str] = "reconstruct"
     progress_weight: ClassVar[float] = 1.0
+    # The finishing stage's colour query reads this job's triplanes on the device from the
+    # host lane: a short burst of small kernels, cheaper than a round trip through this lane.
+    lane: ClassVar[str] = "device"
     reads: ClassVar[frozenset[str]] = frozenset({"views"})
     writes: ClassVar[frozenset[str]] = frozenset({"mesh", "metadata", "qa"})
 
@@ -122,8 +126,22 @@ class ReconstructStage:
         self.load_report: LoadReport | None = None
         self.load_reports: dict[str, LoadReport | None] = {}
         self.model_name = ""
+        self.compiled: list[str] = []
 
     def load(self, runtime: Runtime) -> None:
+        self._load(runtime)
+        models = {self.model_name: self.model} if self.model is not None else self.models
+        self.compiled = compile_modules(
+            runtime,
+            [
+                (f"{name}.{part}", getattr(model, part))
+                for name, model in models.items()
+                for part in ("encoder", "transformer")
+                if hasattr(model, part)
+            ],
+        )
+
+    def _load(self, runtime: Runtime) -> None:
         settings = runtime.settings.reconstruct
         if self.model is not None:
             self.model_name = type(self.model).__name__
@@ -225,19 +243,24 @@ class ReconstructStage:
         substeps = SubSteps(ctx, MESH_SUBSTEPS if mesh_family else SUBSTEPS)
         images = self._views(job, device, settings.views)
         cameras = zero123plus_cameras(1, views=settings.views).to(device)
-        tokens = model.encode(images, cameras)
+        with lrm_autocast(runtime):
+            tokens = model.encode(images, cameras)
         substeps.done("encode")
-        planes = model.planes_from_tokens(tokens, 1)
+        with lrm_autocast(runtime):
+            planes = model.planes_from_tokens(tokens, 1)
+        # The field reads fp32 triplanes: its density (or sdf) is what the iso-level thresholds.
+        planes = planes.float()
         del tokens
         substeps.done("transformer")
 
-        if mesh_family:
-            world, faces, surface = self._flexicubes_surface(model, planes, ctx, substeps)
-        else:
-            world, faces, surface = self._density_surface(model, planes, ctx, substeps)
+        with field_precision(runtime):
+            if mesh_family:
+                world, faces, surface = self._flexicubes_surface(model, planes, ctx, substeps)
+            else:
+                world, faces, surface = self._density_surface(model, planes, ctx, substeps)
 
-        chunk = settings.color_query_chunk
-        vertex_rgb = model.synthesizer.rgb(planes, world.unsqueeze(0), chunk=chunk)[0].clamp(0.0, 1.0)
+            chunk = settings.color_query_chunk
+            vertex_rgb = model.synthesizer.rgb(planes, world.unsqueeze(0), chunk=chunk)[0].clamp(0.0, 1.0)
         substeps.done("colour query")
 
         job.mesh = ReconstructedMesh(
@@ -252,6 +275,8 @@ class ReconstructStage:
             "model": name,
             "weights_mode": runtime.weights_mode,
             "views": settings.views,
+            "lrm_precision": str(lrm_autocast_dtype(runtime) or torch.float32).removeprefix("torch."),
+            "field_precision": "float32",
             **surface,
             "vertices": int(len(world)),
             "faces": int(len(faces)),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from lift3d.process import resolve_cpu_threads
 from lift3d.settings import EngineSettings
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,6 +26,11 @@ class Runtime:
     @property
     def weights_dir(self) -> Path:
         return self.settings.weights_path
+
+    @property
+    def cpu_threads(self) -> int:
+        """Threads for CPU work that sizes its own pool (onnxruntime sessions): ``engine.cpu_threads``."""
+        return resolve_cpu_threads(self.settings.cpu_threads)
 
     @property
     def is_cuda(self) -> bool:

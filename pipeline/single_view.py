@@ -44,6 +44,7 @@ class SingleViewReconstructStage:
 
     name: ClassVar[str] = "reconstruct"
     progress_weight: ClassVar[float] = 0.5
+    lane: ClassVar[str] = "device"
     reads: ClassVar[frozenset[str]] = frozenset({"cutout"})
     writes: ClassVar[frozenset[str]] = frozenset({"mesh", "metadata", "qa"})
 

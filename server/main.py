@@ -76,7 +76,7 @@ def data_dir_problem(settings: Settings) -> str | None:
 def serve(settings: Settings, engine: Engine | None = None, *, check_weights: bool | None = None) -> int:
     """Run until SIGTERM; 2 for a refused start. ``check_weights`` (default: only for the real
     engine) runs ``server.weights_gate`` before the engine loads."""
-    prepare_process()
+    prepare_process(cpu_threads=settings.engine.cpu_threads)
     problem = data_dir_problem(settings)
     if problem is not None:
         print(f"lift3d: {problem}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """The bounded job queue and the one GPU worker thread that drains it.
 
 The event loop only enqueues and reads state; all engine work (load, warm-up,
-jobs) happens on the worker thread, so HTTP never blocks on the GPU. Uploads
-live only in ``LiveJob.image`` and are dropped on every ending path.
+jobs) happens on the worker thread and, with ``engine.overlap``, the device lane
+it starts (pipeline/lanes.py), so HTTP never blocks on the GPU. Uploads live only
+in ``LiveJob.image`` and are dropped on every ending path.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from lift3d.errors import (
     WorkerStopped,
 )
 from lift3d.settings import Settings
-from pipeline.engine import Engine
+from pipeline.engine import Engine, EngineJob
+from pipeline.lanes import LaneJob, Lanes
 from pipeline.events import CancelToken, ProgressEvent
 from pipeline.options import JobOptions
 from pipeline.state import VIEWS_PREVIEW, JobResult
@@ -119,7 +121,8 @@ class JobManager:
         self.metrics = Metrics(storage.store.count_by_status, lambda: len(self._queue))
         self._queue: collections.deque[LiveJob] = collections.deque()
         self._live: dict[str, LiveJob] = {}
-        self._running: LiveJob | None = None
+        # Jobs taken from the queue and not yet ended: one per lane and hand-off slot at most.
+        self._active: dict[str, LiveJob] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -186,14 +189,12 @@ class JobManager:
             self._queue.clear()
         for job in waiting:
             self._end_unstarted(job, SHUTTING_DOWN, "the server shut down before the job started")
-        running = self._running
-        if running is not None:
-            log.info("draining: waiting up to %.0fs for job %s", grace_seconds, running.id)
+        if self._active:
+            log.info("draining: waiting up to %.0fs for jobs %s", grace_seconds, sorted(self._active))
         deadline = time.monotonic() + grace_seconds
-        while self._running is not None and time.monotonic() < deadline:
+        while self._active and time.monotonic() < deadline:
             time.sleep(0.05)
-        running = self._running
-        if running is not None:
+        for running in list(self._active.values()):
             running.cancel.cancel(SHUTTING_DOWN)
             log.warning("draining: grace period over, cancelling job %s", running.id)
         with self._cond:
@@ -252,7 +253,7 @@ class JobManager:
     def queue_position(self, job_id: str) -> int | None:
         """1 for the next job to run, 0 while running, None once it is not in the queue."""
         with self._cond:
-            if self._running is not None and self._running.id == job_id:
+            if job_id in self._active:
                 return 0
             for index, job in enumerate(self._queue):
                 if job.id == job_id:
@@ -278,10 +279,10 @@ class JobManager:
     def retry_after_seconds(self) -> int:
         """When a queue slot should free: what is left of the running job, from measured service time."""
         service = self._service_seconds or self._warmup_seconds or DEFAULT_SERVICE_SECONDS
-        running = self._running
+        started = [job.run_started for job in list(self._active.values()) if job.run_started is not None]
         remaining = service
-        if running is not None and running.run_started is not None:
-            remaining = service - (time.monotonic() - running.run_started)
+        if started:
+            remaining = service - (time.monotonic() - min(started))
         return int(min(3600, max(1, math.ceil(remaining))))
 
     def forget(self, records: list[JobRecord]) -> None:
@@ -315,37 +316,21 @@ class JobManager:
     # -- the worker thread -----------------------------------------------------
 
     def _work(self) -> None:
-        job: LiveJob | None = None
         try:
             self._load_engine()
-            while True:
-                with self._cond:
-                    while not self._queue and not self._stopping:
-                        self._cond.wait()
-                    if self._stopping:
-                        return
-                    job = self._queue.popleft()
-                    self._running = job
-                    job.run_started = time.monotonic()
-                self._queue_moved()
-                try:
-                    self._run_guarded(job)
-                finally:
-                    job.image = None
-                    with self._cond:
-                        self._running = None
-                        if self._hung is job:
-                            self._hung = None
-                            log.warning("the hung stage of job %s returned; the worker runs again", job.id)
-                        self._live.pop(job.id, None)
+            lanes = Lanes(
+                self._cond, self._take, self._lane_job, lambda: self._stopping, overlap=self.settings.engine.overlap
+            )
+            lanes.run()
         except BaseException as error:  # noqa: BLE001 - recorded for /readyz, then the thread ends
             # Only a BaseException (SystemExit, KeyboardInterrupt) or a bug in the loop gets here.
             self.stopped_reason = type(error).__name__
             log.critical("the worker thread stopped (%s); /readyz now answers 503", self.stopped_reason, exc_info=True)
-            if job is not None and job.status in ("queued", "running"):
-                self._record_end(job, "failed", WorkerStopped.code, "the worker stopped while running this job")
-                job.status = "failed"
-                job.notify()
+            for job in list(self._active.values()):
+                if job.status in ("queued", "running"):
+                    self._record_end(job, "failed", WorkerStopped.code, "the worker stopped while running this job")
+                    job.status = "failed"
+                    job.notify()
             with self._cond:  # nobody will run these: fail them now rather than leave them queued forever
                 waiting = list(self._queue)
                 self._queue.clear()
@@ -353,10 +338,29 @@ class JobManager:
                 self._end_unstarted(queued, WorkerStopped.code, "the worker stopped before the job started")
             raise
 
-    def _run_guarded(self, job: LiveJob) -> None:
-        """Run one job; whatever escapes (the store failing to record its ending included) fails only it."""
+    def _take(self) -> LiveJob | None:
+        """The next queued job, now active (the lanes call this with ``_cond`` held)."""
+        if not self._queue:
+            return None
+        job = self._queue.popleft()
+        self._active[job.id] = job
+        job.run_started = time.monotonic()
+        self._queue_moved()  # the jobs behind it moved up (``_cond`` is re-entrant)
+        return job
+
+    def _release(self, job: LiveJob) -> None:
+        job.image = None
+        with self._cond:
+            self._active.pop(job.id, None)
+            if self._hung is job:
+                self._hung = None
+                log.warning("the hung stage of job %s returned; the worker runs again", job.id)
+            self._live.pop(job.id, None)
+
+    def _guarded(self, job: LiveJob, step: Callable[[], Any]) -> Any:
+        """Run ``step`` of one job; whatever escapes (the store failing to record its ending included) fails only it."""
         try:
-            self._run(job)
+            return step()
         except Exception as error:  # noqa: BLE001 - one failed job, never a dead worker
             typed = job_failure(error) or (error if isinstance(error, Lift3dError) else None)
             code = typed.code if typed is not None else "internal_error"
@@ -368,6 +372,7 @@ class JobManager:
             elif job.status in ("queued", "running"):
                 job.status = "failed"  # not recordable at all: the record says so after a restart
             job.notify()
+            return None
 
     def _record_end(self, job: LiveJob, status: str, code: str, message: str, **fields: Any) -> JobRecord | None:
         """``Storage.end_job`` that never raises: a store fault keeps the ending for a later retry."""
@@ -386,11 +391,15 @@ class JobManager:
         with the queue if the stage ever returns (a restart frees it otherwise).
         """
         grace = self.settings.server.watchdog_grace_seconds
-        with self._cond:  # the worker clears _running and _hung under this lock too
-            job = self._running
-            if job is None or job is self._hung or job.run_started is None or time.monotonic() <= job.deadline + grace:
+        with self._cond:  # the lanes clear _active and _hung under this lock too
+            now = time.monotonic()
+            late = [
+                job for job in self._active.values()
+                if job.status == "running" and job.run_started is not None and now > job.deadline + grace
+            ]
+            if self._hung is not None or not late:
                 return
-            self._hung = job
+            job = self._hung = late[0]
         log.error("watchdog: job %s is stuck in stage %s past its deadline", job.id, job.stage)
         job.cancel.cancel(DeadlineExceeded.code)  # a stage that checks again stops there
         message = f"the job's {job.stage or 'current'} stage ran past the deadline and did not stop"
@@ -423,26 +432,60 @@ class JobManager:
     def _set_phase(self, phase: str) -> None:
         self.phase = phase
 
-    def _run(self, job: LiveJob) -> None:
+    def _lane_job(self, job: LiveJob) -> LaneJob | None:
+        """On the host lane: refuse a job that must not run, else its engine parts and its ending."""
+        try:
+            return self._guarded(job, lambda: self._begin(job))
+        finally:
+            if job.id in self._active and job.status != "running":
+                self._release(job)  # refused, erased or failed before a part ran
+
+    def _begin(self, job: LiveJob) -> LaneJob | None:
         if self.load_error is not None:
             self._end_unstarted(job, self.load_error.code, self.load_error.message)
-            return
+            return None
         if time.monotonic() > job.deadline:
             # Never touches the GPU: the job waited past its deadline.
             self._end_unstarted(job, DeadlineExceeded.code, "the job waited in the queue past its deadline")
-            return
+            return None
         if self.storage.start_job(job.id) is None:  # erased while it waited
-            return
+            return None
         self.metrics.queue_wait_seconds.observe(time.monotonic() - job.enqueued_at)
         job.status = "running"
         job.notify()
         started = time.monotonic()
         image, job.image = job.image, None
+        try:
+            run = self.engine.begin(image, job.options, progress=self._progress_handler(job), cancel=job.cancel)
+        except Exception as error:  # noqa: BLE001 - recorded as the job's failure, like a stage's
+            self._job_done(job, None, started, error)
+            return None
+        del image
+        return LaneJob(run.lane_parts(), lambda error: self._job_done(job, run, started, error), name=job.id)
+
+    def _job_done(self, job: LiveJob, run: EngineJob | None, started: float, error: BaseException | None) -> None:
+        """The job's ending on the host lane: publish or record the failure, then drop everything."""
+        ended = False
+        try:
+            self._guarded(job, lambda: self._run(job, run, started, error))
+            ended = True
+        finally:
+            if run is not None:
+                run.close()
+            # A BaseException leaves the job active: the dying worker records it worker_stopped.
+            if ended:
+                self._release(job)
+
+    def _run(self, job: LiveJob, run: EngineJob | None, started: float, failure: BaseException | None) -> None:
+        """The job's last host part: publish its result, or record how it failed (``failure``)."""
         outcome: tuple[str, str, str] | None = None
         record: JobRecord | None = None
         try:
-            result = self.engine.run(image, job.options, progress=self._progress_handler(job), cancel=job.cancel)
-            image = None
+            if failure is not None:
+                raise failure
+            assert run is not None
+            result = run.result()
+            run.close()
             record = self._publish(job, result)
             for stage, seconds in result.timings.items():
                 self.metrics.stage_seconds.labels(stage).observe(seconds)
@@ -461,9 +504,9 @@ class JobManager:
             else:
                 log.error("job %s failed: %s", job.id, typed.code)
                 outcome = ("failed", typed.code, typed.message)
-        finally:
-            image = None
         if outcome is not None and outcome[1] == "gpu_out_of_memory":
+            if failure is not None:
+                failure.__traceback__ = None  # its frames held the tensors
             free_gpu_cache()  # after the except block: the traceback that held the tensors is gone
         elapsed = time.monotonic() - started
         self.metrics.job_seconds.observe(elapsed)

@@ -65,3 +65,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_environment():
+    """Entry points called in-process (``main([...])``) set process-wide state for a server's
+    lifetime, such as ``HF_HUB_OFFLINE=1``; give each test the environment it started with."""
+    import os
+    import sys
+
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        # huggingface_hub reads the variable once, at import; keep its copy in step.
+        constants.HF_HUB_OFFLINE = saved.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}

@@ -26,13 +26,14 @@ def _engine_flags(parser: argparse.ArgumentParser) -> None:
 def _profile_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
+        dest="server_profile",  # not the weights subcommand's --profile, which names a weights.lock profile
         choices=["fast", "quality", "all"],
         help="pipelines to load: fast (TripoSR, commercial use allowed), quality (multiview), all (env LIFT3D_PROFILE; default quality)",
     )
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
-    profile = getattr(args, "profile", None)
+    profile = getattr(args, "server_profile", None)
     if profile is None and getattr(args, "pipeline", None) is not None:
         # generate loads just the pipeline it runs.
         profile = {"fast": "fast", "multiview": "quality"}[args.pipeline]
@@ -111,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "runpod-worker":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     settings = _settings_from(args)
+    if args.command != "weights":
+        from lift3d.process import resolve_cpu_threads, set_thread_environment
+
+        # Before torch and numpy load below: OpenMP and BLAS read their thread counts once.
+        set_thread_environment(resolve_cpu_threads(settings.engine.cpu_threads))
     if args.command == "serve":
         from server.main import serve
 

@@ -52,7 +52,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def generate(settings: Settings, args: argparse.Namespace) -> int:
-    prepare_process(logging.WARNING)
+    prepare_process(logging.WARNING, cpu_threads=settings.engine.cpu_threads)
     from pipeline.decode import decode_image
     from pipeline.options import resolve_options
 

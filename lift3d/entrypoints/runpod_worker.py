@@ -347,7 +347,7 @@ def start(settings: Settings, sdk_args: list[str] | None = None, *, engine: Any 
         # The SDK parses sys.argv itself when it starts.
         sys.argv = [sys.argv[0], *sdk_args]
     # Workers never reach the Hub: weights are baked into the image or on the network volume.
-    prepare_process()
+    prepare_process(cpu_threads=settings.engine.cpu_threads)
     redact_sdk_log()
     try:
         store = _open_store(settings)

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from lift3d.errors import Lift3dError
 from pipeline.finish.finisher import SUB_STEPS, FinishOptions, FinishResult, finish_mesh
 from pipeline.finish.frame import RECON_TO_GLTF, FrameTransform, fit_frame
+from pipeline.native_calls import IN_PROCESS, NativeCalls, shared_helper
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import JobState
@@ -53,8 +54,14 @@ class FinishStage:
     reads: ClassVar[frozenset[str]] = frozenset({"mesh", "metadata"})
     writes: ClassVar[frozenset[str]] = frozenset({"glb", "qa"})
 
+    def __init__(self) -> None:
+        self.native: NativeCalls = IN_PROCESS
+
     def load(self, runtime: Runtime) -> None:
-        """Nothing to load: no model weights in this stage."""
+        """No model weights here; with the lanes on, the helper process for the GIL-holding calls."""
+        if runtime.settings.overlap and self.native is IN_PROCESS:
+            self.native = shared_helper()
+            self.native.start()
 
     def run(self, job: JobState, ctx: StageContext) -> None:
         if job.mesh is None:
@@ -67,6 +74,7 @@ class FinishStage:
             debris_fraction=settings.debris_fraction,
             scale=settings.scale,
             charts=settings.charts,
+            png_compression=settings.png_compression,
         )
         result = finish_mesh(
             job.mesh.vertices,
@@ -77,6 +85,7 @@ class FinishStage:
             device=ctx.runtime.device,
             on_step=lambda step, total, name: ctx.report(step, total, name),
             check_cancelled=ctx.check_cancelled,
+            native=self.native,
         )
         job.glb = result.glb
         job.qa.update(result.qa)

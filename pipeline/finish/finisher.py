@@ -17,10 +17,11 @@ from pipeline.finish.bake import BakedTexture, bake_texture, query_colours
 from pipeline.finish.clean import clean_mesh
 from pipeline.finish.color import srgb_to_linear
 from pipeline.finish.decimate import decimate
-from pipeline.finish.export import export_glb
+from pipeline.finish.export import DEFAULT_PNG_COMPRESSION, export_glb
 from pipeline.finish.frame import FrameTransform, fit_frame
 from pipeline.finish.qa import mesh_qa
 from pipeline.finish.unwrap import ChartMethod, UVMesh, unwrap
+from pipeline.native_calls import IN_PROCESS, NativeCalls
 from pipeline.state import ColorQuery
 
 SUB_STEPS = ("clean", "decimate", "unwrap", "bake", "export")
@@ -36,6 +37,7 @@ class FinishOptions:
     debris_fraction: float = 0.05
     scale: float = 1.0  # largest extent in metres
     charts: ChartMethod = "box"
+    png_compression: int = DEFAULT_PNG_COMPRESSION  # zlib level of the texture PNG
 
 
 @dataclass
@@ -62,6 +64,7 @@ def finish_mesh(
     device: torch.device | str = "cpu",
     on_step: StepCallback | None = None,
     check_cancelled: Callable[[], None] | None = None,
+    native: NativeCalls = IN_PROCESS,
 ) -> FinishResult:
     """Finish a reconstruction-frame mesh whose colours ``color_query`` gives (sRGB) into GLB bytes."""
     timings: dict[str, float] = {}
@@ -83,7 +86,7 @@ def finish_mesh(
         raise EmptyReconstruction("the reconstructed mesh has no faces left after cleaning (all were degenerate)")
     step_done("clean")
 
-    mesh = decimate(mesh, options.target_faces)
+    mesh = decimate(mesh, options.target_faces, native)
     step_done("decimate")
 
     transform = fit_frame(mesh.vertices, options.scale)
@@ -91,12 +94,12 @@ def finish_mesh(
     uv_mesh: UVMesh | None = None
     baked: BakedTexture | None = None
     if options.texture == "uv":
-        uv_mesh = unwrap(mesh, options.texture_size, options.charts)
+        uv_mesh = unwrap(mesh, options.texture_size, options.charts, native)
         step_done("unwrap")
         baked = bake_texture(uv_mesh.vertices, uv_mesh.faces, uv_mesh.uvs, color_query, options.texture_size, device)
         if uv_mesh.method == "box" and baked.overlap_fraction > OVERLAP_TOLERANCE:
             notes.append(f"box charts overlapped on {baked.overlap_fraction:.2%} of texels; re-unwrapped by xatlas")
-            uv_mesh = unwrap(mesh, options.texture_size, "xatlas")
+            uv_mesh = unwrap(mesh, options.texture_size, "xatlas", native)
             baked = bake_texture(uv_mesh.vertices, uv_mesh.faces, uv_mesh.uvs, color_query, options.texture_size, device)
         step_done("bake")
         glb = export_glb(
@@ -106,6 +109,7 @@ def finish_mesh(
             uvs=uv_mesh.uvs,
             texture=baked.image,
             extras=extras,
+            png_compression=options.png_compression,
         )
     else:
         step_done("unwrap")  # vertex colours need no UV layout

@@ -19,11 +19,11 @@ from typing import Literal
 
 import numpy as np
 import trimesh
-import xatlas
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from lift3d.errors import Lift3dError
+from pipeline.native_calls import IN_PROCESS, NativeCalls, pack_atlas
 
 ChartMethod = Literal["box", "xatlas"]
 
@@ -101,37 +101,33 @@ def _box_projection(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray, np.n
     return positions.astype(np.float32), corner_to_split.reshape(-1, 3).astype(np.uint32), uvs, source
 
 
-def _pack_options(texture_size: int) -> xatlas.PackOptions:
-    options = xatlas.PackOptions()
-    options.resolution = min(texture_size, MAX_PACK_RESOLUTION)
-    options.padding = max(1, math.ceil(PADDING_TEXELS * options.resolution / texture_size))
-    options.bilinear = True
-    return options
+def _pack_options(texture_size: int) -> tuple[int, int]:
+    """xatlas's packing (resolution, padding) for a texture of ``texture_size``."""
+    resolution = min(texture_size, MAX_PACK_RESOLUTION)
+    return resolution, max(1, math.ceil(PADDING_TEXELS * resolution / texture_size))
 
 
-def unwrap(mesh: trimesh.Trimesh, texture_size: int, method: ChartMethod = "box") -> UVMesh:
-    atlas = xatlas.Atlas()
-    chart_options = xatlas.ChartOptions()
+def unwrap(mesh: trimesh.Trimesh, texture_size: int, method: ChartMethod = "box", native: NativeCalls = IN_PROCESS) -> UVMesh:
+    uvs: np.ndarray | None
     if method == "box":
         positions, faces, uvs, source = _box_projection(mesh)
-        atlas.add_mesh(positions, faces, uvs=uvs)
-        chart_options.use_input_mesh_uvs = True
     elif method == "xatlas":
         source = np.arange(len(mesh.vertices))
-        atlas.add_mesh(mesh.vertices.astype(np.float32), mesh.faces.astype(np.uint32))
+        positions, faces, uvs = mesh.vertices.astype(np.float32), mesh.faces.astype(np.uint32), None
     else:
         raise ValueError(f"unknown chart method {method!r}")
-    atlas.generate(chart_options, _pack_options(texture_size))
-    if atlas.atlas_count != 1:
+    vertex_map, indices, packed_uvs, atlas_count, chart_count = native.call(
+        pack_atlas, positions, faces, uvs, *_pack_options(texture_size)
+    )
+    if atlas_count != 1:
         # With a resolution and no texel density given, xatlas scales the charts to fit one atlas.
-        raise Lift3dError(f"xatlas packed the charts into {atlas.atlas_count} atlases, not one", code="uv_unwrap_failed")
-    vertex_map, indices, packed_uvs = atlas[0]
+        raise Lift3dError(f"xatlas packed the charts into {atlas_count} atlases, not one", code="uv_unwrap_failed")
     source_vertex = source[vertex_map.astype(np.int64)]
     return UVMesh(
         vertices=mesh.vertices[source_vertex],
         faces=indices.astype(np.int64),
         uvs=packed_uvs.astype(np.float32),
         source_vertex=source_vertex,
-        charts=int(atlas.chart_count),
+        charts=chart_count,
         method=method,
     )

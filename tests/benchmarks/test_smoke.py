@@ -290,6 +290,7 @@ def test_http_client_bookkeeping_against_a_scripted_server() -> None:
     tally.outcomes.append(outcome)
     report = bench_http.level_report(1, 10.0, tally, 30.0)
     assert report["rate_429"] == 0.5 and report["throughput_jobs_per_min"] == 2.0
+    assert report["device_busy_fraction"] == pytest.approx(3.0 / 30.0)  # multiview seconds / the level's time
     assert report["queue_wait_s"]["median"] == pytest.approx(2.5) and report["failed"] == 0
 
 
@@ -406,10 +407,13 @@ def test_bench_pipeline_smoke_fast_pipeline(tmp_path: Path, u2netp_weights_dir: 
 
 @pytest.mark.timeout(300)
 def test_bench_http_smoke_real_server(tmp_path: Path, u2netp_weights_dir: Path, photo_folder: Path) -> None:
-    # Queue size 1 and three clients: one job runs, one waits, the third must see a 429.
+    # Queue size 1 and three clients: one job runs, one waits, the third must see a 429. Serial
+    # engine, so that holds exactly (the lanes would hold up to four jobs beside the queue;
+    # tests/server/test_worker_lanes.py covers them through HTTP).
     code = bench_http.main([
         "--images", str(photo_folder), "-n", "2", "--weights", "tiny", "--device", "cpu",
         "--weights-dir", str(u2netp_weights_dir), "--queue-size", "1", "--levels", "1,3", "--window", "1",
+        "--server-env", "LIFT3D_OVERLAP=false",
         "--steps", "1", "--option", "texture_size=512", "--option", "target_faces=5000", "--warmup", "0",
         "--out", str(tmp_path), "--smoke",
     ])
@@ -425,7 +429,7 @@ def test_bench_http_smoke_real_server(tmp_path: Path, u2netp_weights_dir: Path, 
     for level in (single, crowded):
         assert level["succeeded"] >= 1 and level["failed"] == 0 and level["server_errors_5xx"] == 0
         assert level["client_errors"] == 0 and level["transport_errors"] == 0
-        assert level["throughput_jobs_per_min"] > 0
+        assert level["throughput_jobs_per_min"] > 0 and 0 < level["device_busy_fraction"] <= 1.0
         assert 0 < level["latency_s"]["median"] <= level["latency_s"]["p95"]
         assert level["queue_wait_s"]["n"] == level["service_s"]["n"] == level["succeeded"]
         assert level["service_s"]["median"] > 0 and level["queue_wait_s"]["min"] >= 0

@@ -143,7 +143,21 @@ def test_serve_profile_fast_starts_with_only_the_fast_weights_and_refuses_multiv
     with pytest.raises(PipelineNotLoaded):
         parse_submission({"pipeline": "multiview"}, services.settings)
 
-    # The same directory is not enough for the multiview pipeline: refused before anything loads.
+    # The same directory is not enough for the multiview pipeline: the server stays up (a pod
+    # never restart-loops) but its weights step refuses before anything loads, naming the pull.
+    from lift3d.errors import WeightsMissing
+    from lift3d.settings import load_settings
+    from server.weights_gate import weights_step
+
+    def settings_for(profile: str):
+        return load_settings(
+            engine__weights="locked", engine__profile=profile, engine__device="cpu", engine__weights_dir=str(weights)
+        )
+
+    assert weights_step(settings_for("fast")) is None
     for profile in ("quality", "all"):
-        assert main([*base, "--profile", profile, "--data-dir", str(tmp_path / profile)]) == 2
-        assert f"lift3d weights pull --profile {profile}" in capsys.readouterr().err
+        step = weights_step(settings_for(profile))
+        assert step is not None
+        with pytest.raises(WeightsMissing) as refused:
+            step(lambda phase: None)
+        assert f"lift3d weights pull --profile {profile}" in refused.value.message
