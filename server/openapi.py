@@ -172,6 +172,10 @@ def _submit_operation(op: dict[str, Any], settings: Settings) -> None:
         },
     }
     headers = [p for p in op.get("parameters", []) if p.get("in") == "header"]
+    for header in headers:
+        if header["name"] == "Idempotency-Key":
+            # The handler refuses an empty or blank key itself (400 invalid_idempotency_key).
+            header["schema"] = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"}
     query = [
         {"name": name, "in": "query", "required": False, "schema": _option_schema(name, settings)}
         for name in SUBMIT_OPTIONS

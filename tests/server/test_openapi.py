@@ -79,6 +79,8 @@ def test_both_body_forms_carry_every_option_with_its_range(doc: dict) -> None:
     assert {"Location", "Idempotent-Replayed"} <= set(submit["responses"]["202"]["headers"])
     assert "Retry-After" in submit["responses"]["429"]["headers"]
     assert "GetJob" in submit["responses"]["202"]["links"]
+    key = next(p for p in submit["parameters"] if p["name"] == "Idempotency-Key")
+    assert key["schema"]["minLength"] == 1 and key["schema"]["maxLength"] == 200  # empty is a 400
 
 
 def test_sse_and_public_routes(doc: dict) -> None:
