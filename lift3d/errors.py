@@ -149,6 +149,12 @@ class ResultExpired(JobNotFound):
     code = "expired"
 
 
+class LinkSignatureInvalid(Lift3dError):
+    """A signed job link whose signature is wrong, expired, or made for another job or file."""
+
+    code = "invalid_signature"
+
+
 class JobNotFinished(Lift3dError):
     code = "job_not_finished"
 

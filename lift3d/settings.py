@@ -150,6 +150,10 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_seconds: float = 120.0
     cors_origins: tuple[str, ...] = ()
     sse_keepalive_seconds: float = 15.0
+    # HMAC key of the signed job links (base64 or any string); empty: a random one per process,
+    # so links do not survive a restart and differ between replicas.
+    link_secret: str = ""
+    link_ttl_seconds: float = 15 * 60
     # The built-in demo page at /demo (it holds no data and asks for an API key itself).
     demo: bool = True
     # First start on a pod: fetch missing weights before loading (server/weights_gate.py).
@@ -267,6 +271,8 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "LIFT3D_SHUTDOWN_GRACE_SECONDS": ("server.shutdown_grace_seconds", float),
     "LIFT3D_CORS_ORIGINS": ("server.cors_origins", _split_list),
     "LIFT3D_DEMO": ("server.demo", _flag),
+    "LIFT3D_LINK_SECRET": ("server.link_secret", str),
+    "LIFT3D_LINK_TTL_SECONDS": ("server.link_ttl_seconds", float),
     "LIFT3D_PULL_MISSING": ("server.pull_missing", _flag),
     "LIFT3D_ALLOW_UNVERIFIED": ("server.allow_unverified_weights", _flag),
     "LIFT3D_IMAGE_URL_ALLOWLIST": ("server.image_url_allowlist", _split_list),

@@ -11,16 +11,14 @@ import anyio
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
 
-import lift3d
 from lift3d.settings import Settings
 from pipeline.engine import Engine
 from server.auth import make_auth_guard, resolve_api_keys
 from server.demo import DEMO_ROUTES
 from server.info import engine_models
+from server.links import LinkSigner
+from server.openapi import openapi_config
 from server.problems import EXCEPTION_HANDLERS
 from server.routes import ROUTES, Services
 from server.storage import Storage
@@ -42,6 +40,26 @@ async def _tick_forever(manager: JobManager) -> None:
             log.exception("periodic check failed")
 
 
+# What a browser on another origin may send and read: the key and the idempotency header in,
+# and the headers a web app acts on out (Location of a new job, Retry-After of a 429, a
+# replay marker, the download's file name). No credentials mode: the key is a header, links sign themselves.
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
+CORS_EXPOSE_HEADERS = ["Location", "Retry-After", "Idempotent-Replayed", "Content-Disposition"]
+
+
+def cors_config(settings: Settings) -> CORSConfig | None:
+    if not settings.server.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.server.cors_origins),
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=CORS_ALLOW_HEADERS,
+        expose_headers=CORS_EXPOSE_HEADERS,
+        allow_credentials=False,
+        max_age=600,
+    )
+
+
 def create_app(
     settings: Settings, engine: Engine | None = None, *, prepare: Callable[[Callable[[str], None]], None] | None = None
 ) -> Litestar:
@@ -59,7 +77,10 @@ def create_app(
     engine = engine if engine is not None else Engine(settings.engine)
     storage = Storage(settings.storage)
     manager = JobManager(settings, engine, storage, prepare=prepare)
-    svc = Services(settings=settings, manager=manager, storage=storage, models=engine_models(settings))
+    signer = LinkSigner.from_settings(settings.server)
+    svc = Services(
+        settings=settings, manager=manager, storage=storage, signer=signer, models=engine_models(settings)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -75,21 +96,11 @@ def create_app(
             await anyio.to_thread.run_sync(manager.drain, settings.server.shutdown_grace_seconds)
             await storage.aclose()
 
-    cors = CORSConfig(allow_origins=list(settings.server.cors_origins)) if settings.server.cors_origins else None
-    openapi = OpenAPIConfig(
-        title="lift3d",
-        version=lift3d.__version__,
-        description="One photo in, a textured 3D model (GLB) out. Errors are RFC 9457 problem+json with a stable `code`.",
-        path="/schema",
-        render_plugins=[SwaggerRenderPlugin()],
-        components=Components(
-            security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="an API key")}
-        ),
-        security=[{"bearer": []}],
-    )
+    cors = cors_config(settings)
+    openapi = openapi_config(settings)
     return Litestar(
         route_handlers=[*ROUTES, *(DEMO_ROUTES if settings.server.demo else [])],
-        guards=[make_auth_guard(keys)],
+        guards=[make_auth_guard(keys, signer)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         state=State({"services": svc}),

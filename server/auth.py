@@ -17,12 +17,18 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
 from lift3d.settings import Settings
+from server.links import SIGNATURE_PARAM, LinkSigner
 
 log = logging.getLogger("lift3d.server")
 
 GENERATED_KEY_FILE = "api_key"
-# Route handlers marked with this opt are reachable without a key (health probes only).
+# Route handlers marked with this opt are reachable without a key (probes, the demo page, the docs).
 PUBLIC = {"public": True}
+
+
+def signable(resource: str) -> dict[str, str]:
+    """The opt of a job route that also opens with a signed link (``server.links``) for ``resource``."""
+    return {"signed": resource}
 
 
 class ApiKeys:
@@ -68,12 +74,19 @@ def bearer_token(connection: ASGIConnection) -> str | None:
     return token.strip()
 
 
-def make_auth_guard(keys: ApiKeys):
+def make_auth_guard(keys: ApiKeys, signer: LinkSigner):
     def require_api_key(connection: ASGIConnection, route_handler: BaseRouteHandler) -> None:
         if route_handler.opt.get("public"):
             return
         token = bearer_token(connection)
-        if token is None or not keys.accepts(token):
-            raise NotAuthorizedException("a valid API key is required (Authorization: Bearer <key>)")
+        if token is not None and keys.accepts(token):
+            return
+        resource = route_handler.opt.get("signed")
+        signature = connection.query_params.get(SIGNATURE_PARAM)
+        if resource and signature is not None:
+            # The link is the credential: wrong, expired or another job's is 403, not 401.
+            signer.verify(connection.path_params["job_id"], resource, signature)
+            return
+        raise NotAuthorizedException("a valid API key is required (Authorization: Bearer <key>)")
 
     return require_api_key

@@ -68,6 +68,7 @@ HTTP_STATUS: dict[type[Lift3dError], int] = {
     errors.UnsupportedFormat: 415,
     errors.UploadTooLarge: 413,
     errors.JobNotFound: 404,
+    errors.LinkSignatureInvalid: 403,
     errors.JobNotFinished: 409,
     errors.JobNotSucceeded: 409,
     errors.JobCancelled: 409,

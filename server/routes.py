@@ -8,10 +8,10 @@ from typing import Annotated, Any, AsyncIterator
 
 import anyio
 import msgspec
-from litestar import Request, Response, delete, get, post
+from litestar import HttpMethod, Request, Response, delete, get, post, route
 from litestar.datastructures import State
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
-from litestar.params import FromPath, HeaderParameter, QueryParameter
+from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
@@ -19,7 +19,8 @@ from lift3d.errors import BadRequest, JobNotFound, QueueFull, UnsupportedFormat
 from lift3d.settings import Settings
 from pipeline.decode import decode_image
 from pipeline.wipe import wipe_image
-from server.auth import PUBLIC
+from server.auth import PUBLIC, signable
+from server.links import EVENTS, LinkSigner
 from pipeline.options import default_pipeline
 from server.info import background_provider, build_info, pipeline_infos
 from server.jobstore import ACTIVE, ENDED
@@ -35,6 +36,7 @@ from server.schemas import (
     OwnerJobs,
     job_links,
     job_view,
+    signed_links,
 )
 from server.submission import parse_submission
 from server.limits import UploadBudget, timed_chunks
@@ -59,6 +61,7 @@ class Services:
     settings: Settings
     manager: JobManager
     storage: Storage
+    signer: LinkSigner
     # What /v1/info lists, read from weights.lock once at start-up.
     models: list[ModelInfo] = field(default_factory=list)
     upload_budget: UploadBudget | None = None  # type: ignore[assignment]
@@ -82,8 +85,9 @@ def _job_view(svc: Services, job_id: str) -> JobView:
             live_stage=live.stage,
             live_progress=live.progress,
             queue_position=svc.manager.queue_position(job_id),
+            signer=svc.signer,
         )
-    return job_view(record, downloads=svc.storage.download_links(record))
+    return job_view(record, signer=svc.signer, downloads=svc.storage.download_links(record))
 
 
 # -- jobs ----------------------------------------------------------------------
@@ -129,20 +133,6 @@ async def submit_job(
         str | None,
         HeaderParameter(name="Idempotency-Key", description="same key + same request = same job", max_length=200),
     ] = None,
-    seed: Annotated[int | None, QueryParameter(description="random seed (default: random)")] = None,
-    steps: Annotated[int | None, QueryParameter(description="diffusion steps (1..200)")] = None,
-    guidance: Annotated[float | None, QueryParameter(description="classifier-free guidance (1..20)")] = None,
-    remove_background: Annotated[str | None, QueryParameter(description="auto|on|off")] = None,
-    target_faces: Annotated[int | None, QueryParameter(description="0 = keep all, else 500..2000000")] = None,
-    texture_size: Annotated[int | None, QueryParameter(description="512..2048")] = None,
-    texture: Annotated[str | None, QueryParameter(description="uv|vertex")] = None,
-    return_views: Annotated[bool | None, QueryParameter(description="also store views.png")] = None,
-    pipeline: Annotated[
-        str | None, QueryParameter(description="multiview|fast (default: multiview where loaded); see /v1/info pipelines")
-    ] = None,
-    owner: Annotated[str | None, QueryParameter(description="the web app's opaque user id")] = None,
-    retention_seconds: Annotated[int | None, QueryParameter(description="result lifetime")] = None,
-    webhook_url: Annotated[str | None, QueryParameter(description="allow-listed URL told when the job ends")] = None,
 ) -> Response[JobAccepted]:
     svc = services(state)
     if idempotency_key is not None and not idempotency_key.strip():
@@ -190,10 +180,11 @@ def _refuse_when_queue_full(svc: Services, idempotency_key: str | None) -> None:
 async def _accept(
     request: Request[Any, Any, State], svc: Services, upload: Upload, idempotency_key: str | None
 ) -> Response[JobAccepted]:
-    # Query first, then form fields (the form wins); the raw strings are parsed in one place.
-    fields = {key: value for key, value in request.query_params.items()}
-    fields.update(upload.fields)
-    submission = parse_submission(fields, svc.settings)
+    # Both sources are parsed in full by the one parser (a bad query value is refused even when a
+    # form field overrides it); then the form wins.
+    query = {key: value for key, value in request.query_params.items()}
+    parse_submission(query, svc.settings)
+    submission = parse_submission({**query, **upload.fields}, svc.settings)
     image = upload.image
     upload.image = b""
     await anyio.to_thread.run_sync(_validate_image, image, svc.settings, limiter=_DECODE_SLOTS)
@@ -207,6 +198,7 @@ async def _accept(
         status=record.status,  # type: ignore[arg-type]
         queue_position=svc.manager.queue_position(record.id),
         links=links,
+        signed_links=signed_links(links, record.id, svc.signer),
     )
     headers = {"Location": links.self}
     if not created:
@@ -240,6 +232,13 @@ async def delete_job(job_id: FromPath[str], state: State) -> None:
     svc.manager.forget([record])
 
 
+@route("/v1/jobs/{job_id:str}", http_method=[HttpMethod.OPTIONS], include_in_schema=False)
+async def job_options() -> Response[None]:
+    # Litestar answers OPTIONS for a path served by two handlers with the first one's methods
+    # only; this one lists both. (CORS preflight is answered by the CORS middleware before routing.)
+    return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": "DELETE, GET, OPTIONS"})
+
+
 async def _result_bytes(svc: Services, job_id: str, name: str) -> bytes:
     return await anyio.to_thread.run_sync(svc.storage.read, job_id, name)
 
@@ -248,6 +247,7 @@ async def _result_bytes(svc: Services, job_id: str, name: str) -> bytes:
     "/v1/jobs/{job_id:str}/model.glb",
     summary="The textured model (binary glTF)",
     media_type=GLB_MEDIA_TYPE,
+    opt=signable(MODEL_FILE),
     tags=["jobs"],
 )
 async def get_model(job_id: FromPath[str], state: State) -> Response[bytes]:
@@ -263,6 +263,7 @@ async def get_model(job_id: FromPath[str], state: State) -> Response[bytes]:
     "/v1/jobs/{job_id:str}/views.png",
     summary="The six generated views (3 rows x 2 columns), when return_views was set",
     media_type="image/png",
+    opt=signable(VIEWS_FILE),
     tags=["jobs"],
 )
 async def get_views(job_id: FromPath[str], state: State) -> Response[bytes]:
@@ -272,35 +273,91 @@ async def get_views(job_id: FromPath[str], state: State) -> Response[bytes]:
 
 @get(
     "/v1/jobs/{job_id:str}/events",
-    summary="Server-sent events: `status` and `progress` while active, then one `end` event",
+    summary="Server-sent events: `status`, `queue` and `progress` while active, then one `end` event",
+    opt=signable(EVENTS),
     tags=["jobs"],
 )
-async def job_events(job_id: FromPath[str], state: State) -> ServerSentEvent:
+async def job_events(
+    job_id: FromPath[str],
+    state: State,
+    last_event_id: Annotated[
+        str | None,
+        HeaderParameter(name="Last-Event-ID", description="the `id` of the last event received: resume after it"),
+    ] = None,
+) -> Response[Any]:
     svc = services(state)
     _job_view(svc, job_id)  # 404 before the stream starts
-    return ServerSentEvent(_event_stream(svc, job_id), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    if last_event_id == END_EVENT_ID:
+        # The client has the `end` already; 204 is how SSE tells EventSource to stop reconnecting.
+        return Response(b"", status_code=HTTP_204_NO_CONTENT)
+    seen = StreamState.parse(last_event_id)
+    return ServerSentEvent(
+        _event_stream(svc, job_id, seen), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
 
 
-def _event(name: str, payload: Any) -> ServerSentEventMessage:
-    return ServerSentEventMessage(event=name, data=msgspec.json.encode(payload).decode())
+END_EVENT_ID = "end"
 
 
-async def _event_stream(svc: Services, job_id: str) -> AsyncIterator[ServerSentEventMessage]:
+@dataclass
+class StreamState:
+    """What a client has been told about a job; every event's ``id`` encodes it, so a reconnect
+    (``Last-Event-ID``) resumes from exactly there. Events are coalesced snapshots, not a log:
+    resuming sends what changed since, never a repeat, and the ``end`` event is never lost."""
+
+    status: str | None = None
+    queue_position: int | None = None
+    stage: str | None = None
+    progress: float | None = None
+
+    def event_id(self) -> str:
+        progress = "-" if self.progress is None else f"{self.progress:.4f}"
+        queue = "-" if self.queue_position is None else str(self.queue_position)
+        return f"{self.status or '-'}.{queue}.{self.stage or '-'}.{progress}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> "StreamState":
+        """The state an id names; anything unreadable means "told nothing" (a fresh stream)."""
+        parts = (text or "").split(".", 3)
+        if len(parts) != 4:
+            return cls()
+        status, queue, stage, progress = parts
+        try:
+            return cls(
+                status=None if status == "-" else status,
+                queue_position=None if queue == "-" else int(queue),
+                stage=None if stage == "-" else stage,
+                progress=None if progress == "-" else float(progress),
+            )
+        except ValueError:
+            return cls()
+
+
+def _event(name: str, payload: Any, event_id: str) -> ServerSentEventMessage:
+    return ServerSentEventMessage(event=name, data=msgspec.json.encode(payload).decode(), id=event_id)
+
+
+async def _event_stream(svc: Services, job_id: str, seen: StreamState) -> AsyncIterator[ServerSentEventMessage]:
     keepalive = svc.settings.server.sse_keepalive_seconds
     live = svc.manager.live(job_id)
     watcher = live.watch() if live is not None else None
     try:
-        sent: tuple[Any, ...] | None = None
         while True:
             view = _job_view_or_gone(svc, job_id)
             if view.status in ENDED:
-                yield _event("end", view)
+                yield _event("end", view, END_EVENT_ID)
                 return
-            if sent is None or view.status != sent[0]:
-                yield _event("status", {"id": job_id, "status": view.status, "queue_position": view.queue_position})
-            if sent is None or (view.stage, view.progress) != sent[1:]:
-                yield _event("progress", {"id": job_id, "stage": view.stage, "progress": view.progress})
-            sent = (view.status, view.stage, view.progress)
+            if view.status != seen.status:
+                seen.status, seen.queue_position = view.status, view.queue_position
+                payload = {"id": job_id, "status": view.status, "queue_position": view.queue_position}
+                yield _event("status", payload, seen.event_id())
+            elif view.status == "queued" and view.queue_position != seen.queue_position:
+                seen.queue_position = view.queue_position
+                yield _event("queue", {"id": job_id, "queue_position": view.queue_position}, seen.event_id())
+            progress = round(view.progress, 4)
+            if (view.stage, progress) != (seen.stage, seen.progress):
+                seen.stage, seen.progress = view.stage, progress
+                yield _event("progress", {"id": job_id, "stage": view.stage, "progress": view.progress}, seen.event_id())
             if watcher is None:
                 # Not live in this process any more (it ended between reads): poll once more.
                 await asyncio.sleep(0.2)
@@ -392,6 +449,7 @@ async def info(state: State) -> Info:
 
 
 ROUTES = [
+    job_options,  # before get_job and delete_job, so Litestar adds no OPTIONS handler of its own
     submit_job,
     get_job,
     delete_job,

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from server.jobstore import JOB_STATUSES, JobRecord, JobStatus
+from server.links import EVENTS, LinkSigner
 
 # The stored artifacts of a job, by file name (also the last segment of their routes).
 MODEL_FILE = "model.glb"
@@ -24,6 +25,15 @@ class JobLinks(msgspec.Struct, kw_only=True):
     views_download: str | None = None
 
 
+class SignedLinks(msgspec.Struct, kw_only=True):
+    """The job's files as short-lived links that need no API key (for a browser); see docs/api.md."""
+
+    events: str
+    model: str
+    views: str | None = None
+    expires_at: str
+
+
 class JobError(msgspec.Struct, kw_only=True):
     code: str
     message: str
@@ -34,6 +44,7 @@ class JobAccepted(msgspec.Struct, kw_only=True):
     status: JobStatus
     queue_position: int | None
     links: JobLinks
+    signed_links: SignedLinks | None = None
 
 
 class JobView(msgspec.Struct, kw_only=True):
@@ -55,6 +66,7 @@ class JobView(msgspec.Struct, kw_only=True):
     result: dict[str, Any] | None = None
     webhook_status: str | None = None
     links: JobLinks
+    signed_links: SignedLinks | None = None
 
 
 class OwnerJobs(msgspec.Struct, kw_only=True):
@@ -142,9 +154,20 @@ def job_links(
     )
 
 
+def signed_links(links: JobLinks, job_id: str, signer: LinkSigner) -> SignedLinks:
+    expires = signer.expires_at()
+    return SignedLinks(
+        events=signer.url(links.events, job_id, EVENTS, expires),
+        model=signer.url(links.model, job_id, MODEL_FILE, expires),
+        views=signer.url(links.views, job_id, VIEWS_FILE, expires) if links.views else None,
+        expires_at=iso(expires) or "",
+    )
+
+
 def job_view(
     record: JobRecord,
     *,
+    signer: LinkSigner | None = None,
     live_status: str | None = None,
     live_stage: str | None = None,
     live_progress: float | None = None,
@@ -156,6 +179,7 @@ def job_view(
         status = record.status
     error = JobError(code=record.error_code, message=record.error_message or "") if record.error_code else None
     succeeded = record.status == "succeeded"
+    links = job_links(record.id, VIEWS_FILE in record.artifacts, downloads=downloads if succeeded else None)
     return JobView(
         id=record.id,
         status=status,  # type: ignore[arg-type]
@@ -174,5 +198,6 @@ def job_view(
         error=error,
         result=dict(record.result) if succeeded else None,
         webhook_status=record.webhook_status,
-        links=job_links(record.id, VIEWS_FILE in record.artifacts, downloads=downloads if succeeded else None),
+        links=links,
+        signed_links=signed_links(links, record.id, signer) if signer is not None else None,
     )

@@ -1,61 +1,41 @@
 """Turning the form fields / query parameters of ``POST /v1/jobs`` into typed options.
 
-Engine options are range-checked by the engine's own ``resolve_options`` (so the
-HTTP edge and the CLI refuse exactly the same values); retention and webhook
-targets are checked once, by :meth:`server.storage.Storage.new_job`.
+Each field's definition (type, range, words, description) is a ``pipeline.options.Option``:
+the engine's options from ``pipeline.options.ENGINE_OPTIONS``, the job's data options here.
+The same definitions write the OpenAPI document (``server.openapi``). Retention and webhook
+targets are checked once more, against settings, by :meth:`server.storage.Storage.new_job`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import msgspec
 
 from lift3d.settings import Settings
 from lift3d.errors import InvalidOption
-from pipeline.options import JobOptions, resolve_options
-from server.owners import check_owner
-from server.storage import NewJob, request_hash
+from pipeline.options import ENGINE_OPTIONS, OPTIONS_BY_NAME, JobOptions, Option, resolve_options
+from server.owners import MAX_OWNER_CHARS, check_owner
+from server.storage import NewJob, request_hash, resolve_retention
 
+# server.owners' grammar as a schema pattern (empty = no owner); check_owner stays the authority.
+OWNER_PATTERN = r"(?:(?!\.+$)[A-Za-z0-9._:@-]{1,%d})?" % MAX_OWNER_CHARS
 
-def _parse_bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(value)
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        if value not in allowed:
-            raise ValueError(value)
-        return value
-
-    return parse
-
-
-# Engine options (JobOptions fields) and their parsers.
-ENGINE_FIELDS: dict[str, Callable[[str], Any]] = {
-    "seed": int,
-    "steps": int,
-    "guidance": float,
-    "remove_background": _choice("auto", "on", "off"),
-    "target_faces": int,
-    "texture_size": int,
-    "texture": _choice("uv", "vertex"),
-    "return_views": _parse_bool,
-    "pipeline": _choice("multiview", "fast"),
-    "reconstruct_model": str,  # checked against the loaded models by resolve_options
-}
-# Options about the job's data, handled by the server.
-JOB_FIELDS: dict[str, Callable[[str], Any]] = {
-    "owner": str,
-    "retention_seconds": int,
-    "webhook_url": str,
-}
+# Options about the job's data, handled by the server (retention and webhook are checked by Storage).
+JOB_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "owner", "string", "The web app's opaque user id, for listing and erasure: 1-128 of A-Z a-z 0-9 . _ : @ -, not only dots.",
+        max_length=MAX_OWNER_CHARS, pattern=OWNER_PATTERN,
+    ),
+    Option(
+        "retention_seconds", "integer", "How long results live after the job ends; at most LIFT3D_MAX_RETENTION_SECONDS.",
+        minimum=1, default_doc="LIFT3D_RETENTION_SECONDS (24 h)",
+    ),
+    Option("webhook_url", "string", "An http(s) URL on LIFT3D_WEBHOOK_ALLOWLIST, told when the job ends."),
+)
+# Every field a submission may carry, in the order the OpenAPI document lists them.
+SUBMIT_OPTIONS: dict[str, Option] = {option.name: option for option in (*ENGINE_OPTIONS, *JOB_OPTIONS)}
 
 
 @dataclass(frozen=True)
@@ -88,23 +68,27 @@ class Submission:
 
 
 def parse_submission(fields: Mapping[str, str], settings: Settings) -> Submission:
-    """Typed options from strings; every problem is an ``InvalidOption`` (422) with a specific code."""
+    """Typed options from strings; every problem is an ``InvalidOption`` (422) with a specific code.
+
+    The query string, the multipart form fields and a raw body's query all arrive here as
+    strings, so each value has one grammar (``Option.parse_value``) whichever way it came.
+    """
     values: dict[str, Any] = {}
     for name, raw in fields.items():
-        parse = ENGINE_FIELDS.get(name) or JOB_FIELDS.get(name)
-        if parse is None:
+        option = SUBMIT_OPTIONS.get(name)
+        if option is None:
             raise InvalidOption(f"unknown option {name!r}", code="unknown_option")
-        try:
-            values[name] = parse(raw.strip())
-        except ValueError:
-            raise InvalidOption(f"option {name!r} has an invalid value", code=f"invalid_{name}") from None
+        values[name] = option.parse_value(raw)
 
-    options = JobOptions(**{k: v for k, v in values.items() if k in ENGINE_FIELDS})
+    options = JobOptions(**{k: v for k, v in values.items() if k in OPTIONS_BY_NAME})
     # Resolving here turns an out-of-range option into a 422 at submit time, not a failed job.
     resolve_options(options, settings.engine)
 
-    # The raw field, not the stripped value: " alice" is not "alice" (owner ids are never normalised).
-    owner = check_owner(fields["owner"]) if fields.get("owner") else None
+    # Against the setting, so a query value is refused even where a form field overrides it.
+    if "retention_seconds" in values:
+        resolve_retention(values["retention_seconds"], settings.storage)
+    # Never normalised: the raw field is the id (" alice" is not "alice").
+    owner = check_owner(values["owner"]) if values.get("owner") else None
     return Submission(
         options=options,
         owner=owner,

@@ -272,6 +272,8 @@ class JobManager:
                 self._queue.remove(job)
         for job in late:
             self._end_unstarted(job, DeadlineExceeded.code, "the job waited in the queue past its deadline")
+        if late:
+            self._queue_moved()
         return len(late)
 
     def retry_after_seconds(self) -> int:
@@ -293,13 +295,23 @@ class JobManager:
             job = self._live.get(job_id)
             if job is None:
                 return
-            if job in self._queue:
+            was_queued = job in self._queue
+            if was_queued:
                 self._queue.remove(job)
                 self._live.pop(job_id, None)
         job.image = None
         job.cancel.cancel("the job was deleted")
         job.status = "cancelled"
         job.notify()
+        if was_queued:
+            self._queue_moved()
+
+    def _queue_moved(self) -> None:
+        """Wake the streams of every waiting job: their queue positions changed (SSE `queue` events)."""
+        with self._cond:
+            waiting = list(self._queue)
+        for job in waiting:
+            job.notify()
 
     # -- the worker thread -----------------------------------------------------
 
@@ -333,6 +345,7 @@ class JobManager:
         job = self._queue.popleft()
         self._active[job.id] = job
         job.run_started = time.monotonic()
+        self._queue_moved()  # the jobs behind it moved up (``_cond`` is re-entrant)
         return job
 
     def _release(self, job: LiveJob) -> None:

@@ -100,12 +100,12 @@ async def root() -> Redirect:
     return Redirect("/demo")
 
 
-@get("/demo", opt=PUBLIC, include_in_schema=False, media_type="text/html")
+@get("/demo", opt=PUBLIC, media_type="text/html", summary="The demo page", tags=["demo"])
 async def demo_page(state: State) -> Response[bytes]:
     return Response(_assets(state).html, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
 
-@get("/demo/assets/{name:str}", opt=PUBLIC, include_in_schema=False)
+@get("/demo/assets/{name:str}", opt=PUBLIC, summary="The demo page's content-hashed assets", tags=["demo"])
 async def demo_asset(name: FromPath[str], state: State) -> Response[bytes]:
     asset = _assets(state).assets.get(name)
     if asset is None:

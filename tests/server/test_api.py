@@ -199,7 +199,6 @@ PROTECTED = [
     ("DELETE", "/v1/owners/someone"),
     ("GET", "/metrics"),
     ("GET", "/v1/info"),
-    ("GET", "/schema/openapi.json"),
 ]
 
 
@@ -212,6 +211,8 @@ def test_every_route_needs_a_key(api: Api, headers: dict[str, str]) -> None:
         assert response.headers["www-authenticate"].startswith("Bearer")
     assert api.client.get("/healthz").status_code == 200
     assert api.client.get("/readyz").status_code == 200
+    # The docs and the schema are public on purpose (they hold no secret; see server/openapi.py).
+    assert api.client.get("/schema/openapi.json").status_code == 200
 
 
 def test_any_configured_key_works(api: Api) -> None:
@@ -297,6 +298,31 @@ def test_bad_options(api: Api, name: str, fields: dict[str, str], status: int, c
     query = "&".join(f"{k}={v}" for k, v in fields.items())
     raw = api.client.post(f"/v1/jobs?{query}", content=small_png(), headers={**KEY, "Content-Type": "image/png"})
     assert raw.json()["code"] == code
+
+
+ODD_VALUES = [("steps", "+5"), ("steps", "\u0665"), ("steps", " 5"), ("steps", "5 "), ("steps", "\uff15"),
+              ("guidance", "nan"), ("return_views", "yes"), ("retention_seconds", "+60"), ("seed", "1_000")]
+
+
+@pytest.mark.parametrize("name,raw", ODD_VALUES, ids=[f"{n}={r!r}" for n, r in ODD_VALUES])
+def test_query_form_and_raw_body_share_one_parser(api: Api, name: str, raw: str) -> None:
+    """A value means the same whichever way it comes: form field, multipart query or raw-body query."""
+    form = api.submit(**{name: raw})
+    multipart_query = api.client.post(
+        "/v1/jobs", params={name: raw}, files={"image": ("p.png", small_png(), "image/png")}, headers=KEY
+    )
+    raw_query = api.client.post(
+        "/v1/jobs", params={name: raw}, content=small_png(), headers={**KEY, "Content-Type": "image/png"}
+    )
+    answers = {(r.status_code, r.json()["code"]) for r in (form, multipart_query, raw_query)}
+    assert answers == {(422, f"invalid_{name}")}, [r.text for r in (form, multipart_query, raw_query)]
+
+
+def test_the_plain_ascii_value_is_accepted_every_way(api: Api) -> None:
+    form = api.submit(steps="5")
+    raw_query = api.client.post("/v1/jobs?steps=5", content=small_png(), headers={**KEY, "Content-Type": "image/png"})
+    assert (form.status_code, raw_query.status_code) == (202, 202), (form.text, raw_query.text)
+    assert api.job(form.json()["id"])["options"]["steps"] == api.job(raw_query.json()["id"])["options"]["steps"] == 5
 
 
 def test_request_shape_errors(api: Api) -> None:

@@ -17,6 +17,11 @@ function authHeaders() {
 }
 
 // A signed link carries its own credential (a query string); other links need the key.
+// The server puts them in `signed_links` (short-lived), beside the plain `links`.
+function linksOf(job) {
+  return job.signed_links || job.links;
+}
+
 function isSigned(url) {
   return url.includes("?");
 }
@@ -275,7 +280,7 @@ async function finish(job) {
   $("overall").value = 1;
   $("queue").textContent = "Done";
   try {
-    const model = await blobUrl(job.links.model);
+    const model = await blobUrl(linksOf(job).model);
     const download = $("download");
     download.href = model;
     download.download = `${job.id}.glb`;
@@ -291,8 +296,8 @@ async function finish(job) {
       $("viewer-missing").hidden = false;
       viewer.hidden = true;
     }
-    if (job.links.views) {
-      $("views").src = await blobUrl(job.links.views);
+    if (linksOf(job).views) {
+      $("views").src = await blobUrl(linksOf(job).views);
       $("views-box").hidden = false;
     }
     setState("done");
@@ -334,7 +339,7 @@ $("job-form").addEventListener("submit", async (event) => {
     $("progress").hidden = false;
     onEvent("status", job);
     setState("running");
-    follow(job.links.events);
+    follow(linksOf(job).events);
   } catch (error) {
     showError(String(error.message || error));
   } finally {
