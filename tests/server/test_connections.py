@@ -6,12 +6,8 @@ total 3 s, 12 connections, an upload budget of 150 kB, a queue of one job.
 
 from __future__ import annotations
 
-import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Iterator
 
 import httpx
@@ -19,7 +15,7 @@ import pytest
 
 from server.limits import UploadBudget
 from lift3d.errors import UploadsBusy
-from tests.support.servers import REPO, free_port, small_png, subprocess_env, wait_for_http, wait_until
+from tests.support.servers import free_port, small_png, start_fake_server, stop_server, subprocess_env, wait_for_http, wait_until
 
 KEY = "conn-key"
 HEADER_TIMEOUT = 1.0
@@ -51,21 +47,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
         }
     )
     log_path = tmp / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.servers", "--seconds-per-step", "0.2"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
+    process = start_fake_server(log_path, env, "--seconds-per-step", "0.2")
     try:
         wait_for_http(f"http://127.0.0.1:{port}", "/readyz", timeout=90, process=process)
         yield "127.0.0.1", port
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
 
 
 def connect(address: tuple[str, int]) -> socket.socket:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from server.jobstore import JobStore
-from tests.support.servers import REPO, free_port, small_png, subprocess_env, wait_for_http, wait_until
+from tests.support.servers import free_port, small_png, start_fake_server, stop_server, subprocess_env, wait_for_http, wait_until
 
 KEY = {"Authorization": "Bearer faults-key"}
 RAW = {**KEY, "Content-Type": "image/png"}
@@ -29,25 +27,12 @@ def launch(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.Popen, st
             **env,
         }
     )
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.servers", "--seconds-per-step", "0.1", *args],
-            cwd=REPO,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_fake_server(log_path, environment, "--seconds-per-step", "0.1", *args)
     return process, f"http://127.0.0.1:{port}", log_path
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_server(process)
 
 
 def test_a_full_disk_fails_one_job_gives_507_and_the_server_recovers(tmp_path: Path) -> None:

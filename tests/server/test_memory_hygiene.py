@@ -12,13 +12,9 @@ counts before and after the buffers were overwritten.
 from __future__ import annotations
 
 import io
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
-import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -28,7 +24,7 @@ import pytest
 from PIL import Image
 
 from tests.support.memory_scan import can_read_memory, count_markers
-from tests.support.servers import REPO, free_port, small_png, subprocess_env, wait_for_http, wait_until
+from tests.support.servers import free_port, small_png, start_fake_server, stop_server, subprocess_env, wait_for_http, wait_until
 
 KEY = "memory-key"
 HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "image/png"}
@@ -72,21 +68,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subproces
             "LIFT3D_SHUTDOWN_GRACE_SECONDS": "1",
         }
     )
-    with open(tmp / "server.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.servers", "--seconds-per-step", "0.05"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
+    process = start_fake_server(tmp / "server.log", env, "--seconds-per-step", "0.05")
     try:
         wait_for_http(f"http://127.0.0.1:{port}", "/readyz", timeout=90, process=process)
         yield process, f"http://127.0.0.1:{port}"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
 
 
 def _status(client: httpx.Client, job_id: str) -> str:

@@ -6,13 +6,12 @@ import concurrent.futures
 import contextlib
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 from server.jobstore import JobStore
-from tests.support.servers import REPO, free_port, small_png, subprocess_env, wait_for_http, wait_until
+from tests.support.servers import free_port, small_png, start_fake_server, stop_server, subprocess_env, wait_for_http, wait_until
 
 KEY = {"Authorization": "Bearer ops-key"}
 RAW = {**KEY, "Content-Type": "image/png"}
@@ -51,26 +50,13 @@ def fake_server(tmp_path: Path, seconds_per_step: float, **env: str) -> Iterator
             **env,
         }
     )
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.servers", "--seconds-per-step", str(seconds_per_step)],
-            cwd=REPO,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_fake_server(log_path, environment, "--seconds-per-step", str(seconds_per_step))
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path, data_dir)
     try:
         wait_for_http(server.base_url, "/readyz", timeout=90, process=process)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_server(process)
         server.http.close()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -186,6 +187,29 @@ def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def start_fake_server(log_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """``python -m tests.support.servers`` (this module's ``main``) in a subprocess, logging to ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.support.servers", *args],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_server(process: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM (the server drains), then SIGKILL after ``timeout``; the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
