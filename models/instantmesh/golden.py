@@ -38,11 +38,11 @@ def index_to_world(vertices: np.ndarray, resolution: int) -> np.ndarray:
     return vertices / (resolution - 1) * 2 - 1
 
 
-class CaseRun:
-    """Lazily computes the outputs of one case, each at most once."""
+class LazyCase:
+    """Lazily computes the outputs of one case, each at most once (either LRM variant)."""
 
-    def __init__(self, model: InstantNeRF, config: LRMConfig, data: dict[str, torch.Tensor], case: str) -> None:
-        self.model, self.config, self.data, self.case = model, config, data, case
+    def __init__(self, model: Any, data: dict[str, torch.Tensor], case: str) -> None:
+        self.model, self.data, self.case = model, data, case
         self._cache: dict[str, Any] = {}
 
     def input(self, name: str) -> torch.Tensor:
@@ -58,6 +58,14 @@ class CaseRun:
 
     def planes(self) -> torch.Tensor:
         return self._once("planes", lambda: self.model.planes_from_tokens(self.encoder_tokens(), self.input("images").shape[0]))
+
+
+class CaseRun(LazyCase):
+    """A NeRF-variant case: its density grid and marching-cubes mesh follow the model config."""
+
+    def __init__(self, model: InstantNeRF, config: LRMConfig, data: dict[str, torch.Tensor], case: str) -> None:
+        super().__init__(model, data, case)
+        self.config = config
 
     def query(self):
         return self._once("query", lambda: self.model.synthesizer.query(self.planes(), self.input("query_points")))

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from models.golden.compare import CaseReport, TensorCheck, close, exact, levels
+from models.golden.compare import CaseReport, TensorCheck, close, exact
 from models.instantmesh.config import LRMConfig
-from models.instantmesh.golden import compare
+from models.instantmesh.golden import LazyCase, compare
 from models.instantmesh.loading import build_empty, extract_lrm_state_dict, load_state_strict
 from models.instantmesh.lrm import FLEXICUBES_WEIGHT_SCALE, InstantMesh
 from models.isosurface.flexicubes import CubeWeights, flexicubes, regular_grid
@@ -89,26 +89,10 @@ def mesh_checks(
     return checks, match
 
 
-class MeshCaseRun:
-    """Lazily computes the outputs of one case, each at most once."""
+class MeshCaseRun(LazyCase):
+    """A mesh-variant case: SDF, deformation and FlexiCubes weights on the set's own grid."""
 
-    def __init__(self, model: InstantMesh, data: dict[str, torch.Tensor], case: str) -> None:
-        self.model, self.data, self.case = model, data, case
-        self._cache: dict[str, Any] = {}
-
-    def input(self, name: str) -> torch.Tensor:
-        return self.data[f"{self.case}.{name}"]
-
-    def _once(self, key: str, compute: Callable[[], Any]) -> Any:
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
-
-    def encoder_tokens(self) -> torch.Tensor:
-        return self._once("tokens", lambda: self.model.encode(self.input("images"), self.input("cameras")))
-
-    def planes(self) -> torch.Tensor:
-        return self._once("planes", lambda: self.model.planes_from_tokens(self.encoder_tokens(), self.input("images").shape[0]))
+    model: InstantMesh
 
     def query(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._once("query", lambda: self.model.synthesizer.geometry(self.planes(), self.input("query_points")))
