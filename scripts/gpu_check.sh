@@ -169,7 +169,7 @@ done < <("$PY" scripts/gpu_check_report.py source "$KIT" --json "$WORK/source.js
 SHOW=1 run_step environment 60 "$PY" scripts/gpu_check_report.py environment --mode "$MODE" \
   --json "$WORK/environment.json"
 
-mapfile -t GPU_TESTS < <(grep -l "pytest.mark.gpu" tests/test_*.py)
+mapfile -t GPU_TESTS < <(grep -rl --include="test_*.py" "pytest.mark.gpu" tests | sort)
 run_step pytest "$CAP_PYTEST" "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA \
   --junitxml="$WORK/pytest.xml" "${GPU_TESTS[@]}"
 

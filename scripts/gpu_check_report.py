@@ -236,7 +236,7 @@ def khronos_check(data: bytes, kit_dir: Path, *, may_install: bool) -> dict[str,
         return {"ran": False, "reason": "no node on this machine: structural check only"}
     runner = find_validator(kit_dir)
     if runner is None and may_install and shutil.which("npm"):
-        from tests.gltf_validator import ensure_validator  # installs the pinned version with npm
+        from tests.support.gltf_validator import ensure_validator  # installs the pinned version with npm
 
         runner = ensure_validator() / "validate.js"
     if runner is None:

@@ -41,7 +41,7 @@ done
 
 echo "== glTF Validator (npm), used there only if that machine has node"
 LIFT3D_NODE_CACHE="$KIT/node" "$PY" - <<'PY'
-from tests.gltf_validator import ensure_validator
+from tests.support.gltf_validator import ensure_validator
 
 try:
     print("validator in", ensure_validator().name)
