@@ -119,10 +119,11 @@ def test_owner_and_job_erasure_delete_the_objects(server: ServerProcess, moto: M
     assert job_objects(moto, server, b_job)
 
 
+# Client mode only: in provider mode the provider's own encryption holds nothing of ours to authenticate.
+@pytest.mark.parametrize("server", ["client"], indirect=True)
 def test_tampered_or_foreign_objects_fail_loudly(server: ServerProcess, moto: MotoS3) -> None:
     """Client mode: an object the server's keys cannot open is a typed 500, never served bytes."""
-    if server.mode != "client":  # type: ignore[attr-defined]
-        pytest.skip("provider mode: the provider's own encryption, nothing of ours to authenticate")
+    assert server.mode == "client"  # type: ignore[attr-defined]
     image, _ = canary_image()
     with server.client() as client:
         job_id = run_job(server, client, image)["id"]
