@@ -290,6 +290,8 @@ def test_neutral_weights_are_dual_marching_cubes() -> None:
 
 @pytest.mark.gpu
 def test_same_mesh_on_cuda_as_on_cpu() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     resolution = 24
     vertices, cubes = regular_grid(resolution, SCALE)
     sdf = vertices.norm(dim=1) - 0.6 + 0.05 * torch.sin(7 * vertices[:, 0])
