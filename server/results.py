@@ -126,19 +126,41 @@ class KeyRing:
         With ``live_jobs`` given (the server's start), raises EncryptionKeyMissing before
         any key is generated when results of those jobs name a key id none of these keys has.
         """
+        if live_jobs is not None:
+            check_keys_open(settings.data_path / RESULTS_DIRNAME, live_jobs, cls.existing_keys(settings))
+        return cls.without_check(settings)
+
+    @classmethod
+    def without_check(cls, settings: StorageSettings) -> "KeyRing":
+        """The ring of :meth:`from_settings`, for a caller that checked the stored key ids itself."""
+        keys = cls.existing_keys(settings)
+        if settings.encryption_keys:
+            return cls(keys)
+        return cls([_load_or_generate_key(settings.data_path / GENERATED_KEY_FILENAME)])
+
+    @staticmethod
+    def existing_keys(settings: StorageSettings) -> list[bytes]:
+        """The configured keys, then the data dir's generated key where one exists (never creates it)."""
         generated = settings.data_path / GENERATED_KEY_FILENAME
         keys = [decode_key(text) for text in settings.encryption_keys]
-        generated_key = [decode_key(generated.read_text())] if generated.exists() else []
-        if live_jobs is not None:
-            check_keys_open(settings.data_path / RESULTS_DIRNAME, live_jobs, keys + generated_key)
-        if keys:
-            return cls(keys + generated_key)
-        return cls([_load_or_generate_key(generated)])
+        return keys + ([decode_key(generated.read_text())] if generated.exists() else [])
 
 
 def check_keys_open(root: Path, live_jobs: Collection[str], keys: list[bytes]) -> None:
     """EncryptionKeyMissing, naming the key ids, when a live job's stored result needs a key we lack."""
-    missing = sorted(stored_key_ids(root, live_jobs) - {key_id(k) for k in keys})
+    refuse_missing_keys(stored_key_ids(root, live_jobs), keys)
+
+
+def header_key_id(header: bytes) -> bytes | None:
+    """The key id in an encrypted result's header, None when ``header`` is not one."""
+    if len(header) == HEADER_BYTES and header.startswith(MAGIC):
+        return header[len(MAGIC) + 1 : len(MAGIC) + 1 + KEY_ID_BYTES]
+    return None
+
+
+def refuse_missing_keys(found: set[bytes], keys: list[bytes]) -> None:
+    """EncryptionKeyMissing naming the key ids in ``found`` that none of ``keys`` has."""
+    missing = sorted(found - {key_id(k) for k in keys})
     if missing:
         ids = ", ".join(kid.hex() for kid in missing)
         raise EncryptionKeyMissing(
@@ -160,9 +182,9 @@ def stored_key_ids(root: Path, live_jobs: Collection[str] | None = None) -> set[
             if path.name.startswith("."):
                 continue  # a partial write, swept at start-up
             with path.open("rb") as handle:
-                header = handle.read(HEADER_BYTES)
-            if len(header) == HEADER_BYTES and header.startswith(MAGIC):
-                found.add(header[len(MAGIC) + 1 : len(MAGIC) + 1 + KEY_ID_BYTES])
+                kid = header_key_id(handle.read(HEADER_BYTES))
+            if kid is not None:
+                found.add(kid)
     return found
 
 
@@ -349,13 +371,13 @@ def open_result_store(settings: StorageSettings, live_jobs: Collection[str] | No
     """The configured result store: encrypted files in the data dir, or an S3-compatible bucket.
 
     ``live_jobs``: the jobs whose results can still be served; only their key ids must
-    be configured (the start-up sweep removes the others' files). The local store checks
-    them at start; the S3 store does not read its objects at start-up.
+    be configured (the start-up sweep removes the others' files). Both stores check them
+    at start, before a key is generated.
     """
     if settings.results.startswith("s3://"):
         from server.results_s3 import S3ResultStore
 
-        return S3ResultStore.from_settings(settings)
+        return S3ResultStore.from_settings(settings, live_jobs)
     if settings.results not in ("", "local"):
         from lift3d.errors import ResultStoreConfigError
 

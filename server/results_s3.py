@@ -21,11 +21,22 @@ Every failure to reach the store, after botocore's retries, is
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 from lift3d.errors import ResultNotFound, ResultStoreConfigError, StorageUnavailable
 from lift3d.settings import StorageSettings
-from server.results import _ARTIFACT, _JOB_ID, ENCRYPTED_SUFFIX, KeyRing, check_names, decrypt, encrypt
+from server.results import (
+    _ARTIFACT,
+    _JOB_ID,
+    ENCRYPTED_SUFFIX,
+    HEADER_BYTES,
+    KeyRing,
+    check_names,
+    decrypt,
+    encrypt,
+    header_key_id,
+    refuse_missing_keys,
+)
 
 log = logging.getLogger("lift3d.results")
 
@@ -84,7 +95,9 @@ class S3ResultStore:
         self.url_ttl_seconds = url_ttl_seconds
 
     @classmethod
-    def from_settings(cls, settings: StorageSettings) -> "S3ResultStore":
+    def from_settings(cls, settings: StorageSettings, live_jobs: Collection[str] | None = None) -> "S3ResultStore":
+        """The configured store; with ``live_jobs`` (the server's start) in client mode, refuses
+        (EncryptionKeyMissing) when their objects need a key that is not configured."""
         bucket, prefix = parse_results_url(settings.results)
         client_side = settings.results_encryption == "client"
         if not client_side and settings.results_sse == "aws:kms" and not settings.results_kms_key_id:
@@ -93,15 +106,42 @@ class S3ResultStore:
             make_client(settings),
             bucket,
             prefix,
-            ring=KeyRing.from_settings(settings) if client_side else None,
+            ring=None,
             sse=settings.results_sse,
             kms_key_id=settings.results_kms_key_id,
             url_ttl_seconds=settings.results_url_ttl_seconds,
         )
+        if client_side:
+            if live_jobs:
+                store.check_keys_open(live_jobs, KeyRing.existing_keys(settings))
+            store.ring = KeyRing.without_check(settings)
         log.info(
             "results in s3://%s/%s (%s encryption)", bucket, store.prefix, "client-side" if client_side else "provider"
         )
         return store
+
+    def check_keys_open(self, live_jobs: Collection[str], keys: list[bytes]) -> None:
+        """EncryptionKeyMissing when a live job's object was encrypted with a key not in ``keys``.
+
+        Reads each object's header only (a ranged GET). A store that cannot be reached is
+        logged and left to /readyz: an outage must not stop the server from starting.
+        """
+        found: set[bytes] = set()
+        try:
+            for job_id in live_jobs:
+                for key in self._keys(self._job_prefix(job_id)):
+                    if not key.endswith(ENCRYPTED_SUFFIX):
+                        continue
+                    response = self._call(
+                        "read a result's header", self.client.get_object, Bucket=self.bucket, Key=key,
+                        Range=f"bytes=0-{HEADER_BYTES - 1}", missing_ok=True,
+                    )
+                    if response is not None and (kid := header_key_id(response["Body"].read())) is not None:
+                        found.add(kid)
+        except StorageUnavailable as error:
+            log.warning("could not check the stored results' key ids: %s", error.message)
+            return
+        refuse_missing_keys(found, keys)
 
     # -- names ---------------------------------------------------------------------
 

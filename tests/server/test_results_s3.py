@@ -218,3 +218,18 @@ def test_transient_errors_are_retried_with_backoff(attempts: str, stored: bool, 
         assert flaky.requests == int(attempts)
     finally:
         flaky.close()
+
+
+def test_a_live_result_whose_key_is_gone_refuses_the_start(moto: MotoS3) -> None:
+    """Client mode: the start reads each live object's header and names the key ids nobody configured."""
+    from lift3d.errors import EncryptionKeyMissing
+    from server.results import key_id
+
+    store_on(moto, "lost-key").put("job-live", "model.glb", GLB)
+    other = base64.b64decode(generate_key_text())
+    checker = S3ResultStore(moto.client(), moto.bucket, "lost-key", ring=None)
+    with pytest.raises(EncryptionKeyMissing) as refused:
+        checker.check_keys_open(["job-live"], [other])
+    assert key_id(base64.b64decode(KEY)).hex() in refused.value.message
+    checker.check_keys_open(["job-live"], [other, base64.b64decode(KEY)])  # the key is back: starts
+    checker.check_keys_open(["job-expired"], [other])  # only live jobs count
