@@ -85,7 +85,8 @@ def make_auth_guard(keys: ApiKeys, signer: LinkSigner):
         signature = connection.query_params.get(SIGNATURE_PARAM)
         if resource and signature is not None:
             # The link is the credential: wrong, expired or another job's is 403, not 401.
-            signer.verify(connection.path_params["job_id"], resource, signature)
+            # The handler caps what it hands on at this expiry: a link never mints a longer-lived one.
+            connection.state.link_expires = signer.verify(connection.path_params["job_id"], resource, signature)
             return
         raise NotAuthorizedException("a valid API key is required (Authorization: Bearer <key>)")
 

@@ -55,8 +55,8 @@ class LinkSigner:
     def url(self, path: str, job_id: str, resource: str, expires: int) -> str:
         return f"{path}?{SIGNATURE_PARAM}={self.token(job_id, resource, expires)}"
 
-    def verify(self, job_id: str, resource: str, token: str) -> None:
-        """Nothing, or ``LinkSignatureInvalid`` (403) for a wrong, tampered, expired or cross-job token."""
+    def verify(self, job_id: str, resource: str, token: str) -> int:
+        """The token's expiry, or ``LinkSignatureInvalid`` (403) for a wrong, tampered, expired or cross-job token."""
         expires_text, _, mac = token.partition(".")
         if not (expires_text.isascii() and expires_text.isdigit() and len(expires_text) <= 12 and mac):
             raise LinkSignatureInvalid("the link's signature is malformed")
@@ -66,3 +66,4 @@ class LinkSigner:
             raise LinkSignatureInvalid("the link's signature is not valid for this job and file")
         if self._clock() > expires:
             raise LinkSignatureInvalid("the link has expired; ask for the job again for fresh links")
+        return expires

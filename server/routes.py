@@ -75,7 +75,10 @@ def services(state: State) -> Services:
     return state.services
 
 
-def _job_view(svc: Services, job_id: str) -> JobView:
+def _job_view(svc: Services, job_id: str, link_expires: int | None = None) -> JobView:
+    """The job as clients see it. ``link_expires``: the request came with a signed link, not the
+    key; every link in the view then expires with it, and presigned bucket URLs (their own
+    lifetime) are left out, so holding one link never yields a longer-lived one."""
     record = svc.storage.job(job_id)
     live = svc.manager.live(job_id)
     if live is not None and live.status in ACTIVE:
@@ -86,8 +89,10 @@ def _job_view(svc: Services, job_id: str) -> JobView:
             live_progress=live.progress,
             queue_position=svc.manager.queue_position(job_id),
             signer=svc.signer,
+            link_expires=link_expires,
         )
-    return job_view(record, signer=svc.signer, downloads=svc.storage.download_links(record))
+    downloads = svc.storage.download_links(record) if link_expires is None else None
+    return job_view(record, signer=svc.signer, downloads=downloads, link_expires=link_expires)
 
 
 # -- jobs ----------------------------------------------------------------------
@@ -280,19 +285,21 @@ async def get_views(job_id: FromPath[str], state: State) -> Response[bytes]:
 async def job_events(
     job_id: FromPath[str],
     state: State,
+    request: Request[Any, Any, State],
     last_event_id: Annotated[
         str | None,
         HeaderParameter(name="Last-Event-ID", description="the `id` of the last event received: resume after it"),
     ] = None,
 ) -> Response[Any]:
     svc = services(state)
+    link_expires = getattr(request.state, "link_expires", None)
     _job_view(svc, job_id)  # 404 before the stream starts
     if last_event_id == END_EVENT_ID:
         # The client has the `end` already; 204 is how SSE tells EventSource to stop reconnecting.
         return Response(b"", status_code=HTTP_204_NO_CONTENT)
     seen = StreamState.parse(last_event_id)
     return ServerSentEvent(
-        _event_stream(svc, job_id, seen), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        _event_stream(svc, job_id, seen, link_expires), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     )
 
 
@@ -337,13 +344,15 @@ def _event(name: str, payload: Any, event_id: str) -> ServerSentEventMessage:
     return ServerSentEventMessage(event=name, data=msgspec.json.encode(payload).decode(), id=event_id)
 
 
-async def _event_stream(svc: Services, job_id: str, seen: StreamState) -> AsyncIterator[ServerSentEventMessage]:
+async def _event_stream(
+    svc: Services, job_id: str, seen: StreamState, link_expires: int | None = None
+) -> AsyncIterator[ServerSentEventMessage]:
     keepalive = svc.settings.server.sse_keepalive_seconds
     live = svc.manager.live(job_id)
     watcher = live.watch() if live is not None else None
     try:
         while True:
-            view = _job_view_or_gone(svc, job_id)
+            view = _job_view_or_gone(svc, job_id, link_expires)
             if view.status in ENDED:
                 yield _event("end", view, END_EVENT_ID)
                 return
@@ -373,9 +382,9 @@ async def _event_stream(svc: Services, job_id: str, seen: StreamState) -> AsyncI
             live.unwatch(watcher)
 
 
-def _job_view_or_gone(svc: Services, job_id: str) -> JobView:
+def _job_view_or_gone(svc: Services, job_id: str, link_expires: int | None = None) -> JobView:
     try:
-        return _job_view(svc, job_id)
+        return _job_view(svc, job_id, link_expires)
     except JobNotFound:
         # Erased while streaming: the stream ends with a cancelled job that has no record left.
         return JobView(id=job_id, status="cancelled", links=job_links(job_id))

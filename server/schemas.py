@@ -154,8 +154,9 @@ def job_links(
     )
 
 
-def signed_links(links: JobLinks, job_id: str, signer: LinkSigner) -> SignedLinks:
-    expires = signer.expires_at()
+def signed_links(links: JobLinks, job_id: str, signer: LinkSigner, expires: int | None = None) -> SignedLinks:
+    """Links for ``job_id``'s files, valid until ``expires`` (default: the signer's TTL from now)."""
+    expires = signer.expires_at() if expires is None else expires
     return SignedLinks(
         events=signer.url(links.events, job_id, EVENTS, expires),
         model=signer.url(links.model, job_id, MODEL_FILE, expires),
@@ -173,6 +174,7 @@ def job_view(
     live_progress: float | None = None,
     queue_position: int | None = None,
     downloads: dict[str, str] | None = None,
+    link_expires: int | None = None,
 ) -> JobView:
     status = live_status or record.status
     if status not in JOB_STATUSES:
@@ -199,5 +201,5 @@ def job_view(
         result=dict(record.result) if succeeded else None,
         webhook_status=record.webhook_status,
         links=links,
-        signed_links=signed_links(links, record.id, signer) if signer is not None else None,
+        signed_links=signed_links(links, record.id, signer, link_expires) if signer is not None else None,
     )

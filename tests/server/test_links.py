@@ -73,6 +73,29 @@ def test_expired_links_are_refused(client: TestClient) -> None:
     assert client.get(fresh).status_code == 200
 
 
+def test_a_link_never_yields_a_longer_lived_one(client: TestClient) -> None:
+    """The `end` event on a stream opened by a link carries links that expire with that link."""
+    import json
+
+    job = finished_job(client)
+    events_link = job["signed_links"]["events"]
+    presented = int(parse_qs(urlsplit(events_link).query)["sig"][0].split(".")[0])
+    real_clock = signer(client)._clock
+    signer(client)._clock = lambda: real_clock() + 30  # later, within the link's life
+    stream = client.get(events_link)
+    end = json.loads([line for line in stream.text.splitlines() if line.startswith("data:")][-1][5:])
+    handed = end["signed_links"]
+    for name in ("events", "model", "views"):
+        assert int(parse_qs(urlsplit(handed[name]).query)["sig"][0].split(".")[0]) == presented
+    signer(client)._clock = lambda: real_clock() + 10_000  # past the original link's expiry
+    assert_forbidden(client.get(handed["model"]))
+    assert_forbidden(client.get(handed["events"]))
+    # With the key, the stream hands out fresh links as before.
+    keyed = client.get(job["links"]["events"], headers=KEY)
+    fresh = json.loads([line for line in keyed.text.splitlines() if line.startswith("data:")][-1][5:])
+    assert int(parse_qs(urlsplit(fresh["signed_links"]["model"]).query)["sig"][0].split(".")[0]) > presented
+
+
 def test_tampered_links_are_refused(client: TestClient) -> None:
     job = finished_job(client)
     url = job["signed_links"]["model"]
