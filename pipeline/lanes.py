@@ -55,6 +55,9 @@ class LaneJob:
     parts: Sequence[tuple[Lane, Callable[[], None]]]
     done: Callable[[BaseException | None], None]
     name: str = ""
+    # Runs on the device lane right after a device part raised, before that lane takes the
+    # next job: the place to free what the failed job holds on the GPU (e.g. after an OOM).
+    on_device_error: Callable[[BaseException], None] | None = None
     _next: int = field(default=0, repr=False)
     _error: BaseException | None = field(default=None, repr=False)
 
@@ -67,6 +70,11 @@ class LaneJob:
                 part()
             except BaseException as error:  # noqa: BLE001 - handed to done() on the host lane, never lost
                 self._error = error
+                if lane == DEVICE and self.on_device_error is not None:
+                    try:
+                        self.on_device_error(error)
+                    except Exception:  # noqa: BLE001 - freeing memory must not lose the job's own error
+                        log.exception("freeing job %s after its device error failed", self.name)
 
     @property
     def next_lane(self) -> Lane | None:

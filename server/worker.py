@@ -50,6 +50,17 @@ DEFAULT_SERVICE_SECONDS = 30.0
 SERVICE_TIME_SMOOTHING = 0.3
 
 
+def _free_after_oom(run: EngineJob, error: BaseException) -> None:
+    """On the device lane, right after a CUDA out-of-memory: drop the failed job's tensors (its
+    traceback's frames and its intermediates) and empty the cache, before the next job's device part."""
+    typed = job_failure(error)
+    if typed is None or typed.code != "gpu_out_of_memory":
+        return
+    error.__traceback__ = None
+    run.close()
+    free_gpu_cache()
+
+
 @dataclass(eq=False)
 class LiveJob:
     """A queued or running job's in-memory half: the upload, its cancel token, live progress."""
@@ -461,7 +472,12 @@ class JobManager:
             self._job_done(job, None, started, error)
             return None
         del image
-        return LaneJob(run.lane_parts(), lambda error: self._job_done(job, run, started, error), name=job.id)
+        return LaneJob(
+            run.lane_parts(),
+            lambda error: self._job_done(job, run, started, error),
+            name=job.id,
+            on_device_error=lambda error: _free_after_oom(run, error),
+        )
 
     def _job_done(self, job: LiveJob, run: EngineJob | None, started: float, error: BaseException | None) -> None:
         """The job's ending on the host lane: publish or record the failure, then drop everything."""
@@ -507,6 +523,8 @@ class JobManager:
         if outcome is not None and outcome[1] == "gpu_out_of_memory":
             if failure is not None:
                 failure.__traceback__ = None  # its frames held the tensors
+            if run is not None:
+                run.close()  # the job's intermediates too, before the cache is emptied
             free_gpu_cache()  # after the except block: the traceback that held the tensors is gone
         elapsed = time.monotonic() - started
         self.metrics.job_seconds.observe(elapsed)

@@ -307,3 +307,29 @@ def test_overlapped_jobs_give_the_same_bytes_as_serial_ones(u2netp_weights_dir):
     assert len(set(serial)) == 3  # the seeds matter, so equality is not trivial
     for outcome in overlapped:
         assert_dropped(outcome)
+
+
+def test_a_device_error_is_handed_to_its_release_hook_on_the_device_lane() -> None:
+    """on_device_error runs right after the failing device part (before the lane moves on),
+    never for a host part, and the job still ends with the original error."""
+    from pipeline.lanes import DEVICE, HOST, LaneJob
+
+    seen: list[str] = []
+    ended: list[BaseException | None] = []
+    boom = RuntimeError("device part failed")
+
+    def fail() -> None:
+        raise boom
+
+    job = LaneJob(
+        [(DEVICE, fail), (HOST, lambda: seen.append("host part"))],
+        ended.append,
+        on_device_error=lambda error: seen.append(f"released after {error}"),
+    )
+    job.run_while(DEVICE)
+    assert seen == ["released after device part failed"] and job.next_lane is None
+    job.end()
+    assert ended == [boom]
+    host_failure = LaneJob([(HOST, fail)], ended.append, on_device_error=lambda error: seen.append("wrong lane"))
+    host_failure.run_while(HOST)
+    assert "wrong lane" not in seen

@@ -225,6 +225,8 @@ class OutOfMemoryOnce:
 
     def __init__(self) -> None:
         self.armed = False
+        self.emptied: list[int] = []
+        self.emptied_before_runs: list[int] = []
 
     def load(self, runtime: Runtime) -> None:
         pass
@@ -232,6 +234,7 @@ class OutOfMemoryOnce:
     def run(self, job: JobState, ctx: StageContext) -> None:
         import torch
 
+        self.emptied_before_runs.append(len(self.emptied))
         if self.armed:
             self.armed = False
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -240,10 +243,10 @@ class OutOfMemoryOnce:
 def test_cuda_out_of_memory_fails_the_job_frees_the_cache_and_the_next_runs(tmp_path: Path, monkeypatch) -> None:
     import torch
 
-    emptied: list[int] = []
+    oom = OutOfMemoryOnce()
+    emptied = oom.emptied
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
-    oom = OutOfMemoryOnce()
     for srv in serve(tmp_path, TimedStage(0.01), oom, BoxFinishStage()):
         oom.armed = True
         failed = srv.run_one()
@@ -251,6 +254,8 @@ def test_cuda_out_of_memory_fails_the_job_frees_the_cache_and_the_next_runs(tmp_
         assert emptied, "the CUDA cache was not freed"
         assert srv.readyz().status_code == 200
         assert srv.run_one()["status"] == "succeeded"
+        # The cache was emptied before the next job's device stage ran, not only when the host lane ended the job.
+        assert oom.emptied_before_runs[-1] >= 1
     assert http_status(GpuOutOfMemory("x")) == 503 and GpuOutOfMemory.retry_after_seconds
 
 
