@@ -266,6 +266,13 @@ class GpuOutOfMemory(Unavailable):
     retry_after_seconds = 10
 
 
+class NativeHelperCrashed(Lift3dError):
+    """The finishing helper process died during this job's call (a native crash in decimation or
+    UV packing, or the kernel's OOM killer); the server itself keeps running, the next call gets a new helper."""
+
+    code = "finish_helper_crashed"
+
+
 # -- stored results ----------------------------------------------------------------
 
 

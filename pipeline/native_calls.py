@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lift3d.errors import NativeHelperCrashed
+
 log = logging.getLogger("lift3d.native_calls")
 
 
@@ -98,10 +100,11 @@ class NativeCalls:
                 helper.stdin.flush()
                 ok, value = pickle.load(helper.stdout)
             except (OSError, EOFError, pickle.UnpicklingError):
-                # The helper died (killed, out of memory): this call runs here, the next one gets a new helper.
-                log.warning("the native-calls helper process died; running %s in process", name)
+                # The helper died during this call. Never rerun it here: if this input crashed native
+                # code, it would take the whole server (and every job in the lanes) down with it.
+                log.error("the native-calls helper process died during %s; the next call starts a new one", name)
                 self._stop(helper)
-                return function(*args)
+                raise NativeHelperCrashed(f"the finishing helper process died during {name}") from None
         if not ok:
             raise value
         return value

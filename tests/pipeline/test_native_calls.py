@@ -11,6 +11,7 @@ from lift3d.settings import EngineSettings
 from pipeline.finish import FinishStage
 from pipeline.finish.decimate import decimate
 from pipeline.finish.unwrap import unwrap
+from pipeline import native_calls
 from pipeline.native_calls import IN_PROCESS, NativeCalls, pack_atlas
 from pipeline.runtime import Runtime
 
@@ -50,9 +51,30 @@ def test_a_dead_helper_is_replaced(helper):
     first = helper._process
     first.kill()
     first.wait()
-    assert helper.call(pack_atlas, *_triangle(), None, 64, 1)[3] == 1  # this call ran in process
-    assert helper.call(pack_atlas, *_triangle(), None, 64, 1)[3] == 1
+    assert helper.call(pack_atlas, *_triangle(), None, 64, 1)[3] == 1  # died between calls: a new helper runs it
     assert helper._process is not None and helper._process is not first and helper._process.poll() is None
+
+
+def test_a_helper_that_dies_during_a_call_fails_that_call_without_rerunning_it_here(helper, monkeypatch):
+    from lift3d.errors import NativeHelperCrashed
+
+    ran_here: list[str] = []
+    first = helper._process
+
+    def crash(*args):  # stands for a native crash: the helper is gone while it works on the call
+        ran_here.append("in process")
+        return None
+
+    monkeypatch.setitem(native_calls.CALLS, "crash_probe", crash)
+    first.kill()
+    first.wait()
+    helper._process = first  # the death is not noticed before the call, as when it dies mid-call
+    monkeypatch.setattr(first, "poll", lambda: None)
+    with pytest.raises(NativeHelperCrashed):
+        helper.call(crash)
+    assert ran_here == []  # never rerun in the server process
+    monkeypatch.undo()
+    assert helper.call(pack_atlas, *_triangle(), None, 64, 1)[3] == 1  # the next call gets a new helper
 
 
 @pytest.mark.parametrize("overlap", [True, False])
