@@ -33,6 +33,12 @@ class BadRequest(InputError):
     code = "bad_request"
 
 
+class IncompleteMultipart(BadRequest):
+    """A multipart body that ends without its closing boundary: it may have been cut short."""
+
+    code = "incomplete_multipart"
+
+
 class RequestTimeout(BadRequest):
     """The request body stopped arriving, or took longer than the body timeout (408)."""
 

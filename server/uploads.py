@@ -16,7 +16,7 @@ from typing import AsyncIterator
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from lift3d.errors import BadRequest, InputError, InvalidOption, MissingImage, UploadTooLarge
+from lift3d.errors import BadRequest, IncompleteMultipart, InputError, InvalidOption, MissingImage, UploadTooLarge
 from pipeline.wipe import WipedBuffer
 
 IMAGE_FIELD = "image"
@@ -190,7 +190,7 @@ async def read_multipart_image(
         parser.finalize()
         if parser.state != MultipartState.END:
             # The body ended inside a part: the image may be cut short, so nothing of it is used.
-            raise BadRequest("the multipart body ends without its closing boundary", code="incomplete_multipart")
+            raise IncompleteMultipart("the multipart body ends without its closing boundary")
     except MultipartParseError:
         raise BadRequest("malformed multipart body") from None
     except ValueError:

@@ -119,3 +119,16 @@ def test_the_docs_page_loads_its_assets_from_this_server_without_a_key(client: T
     assert bundle.headers["content-type"].startswith("text/javascript")
     assert client.get("/schema/assets/../../etc/passwd").status_code == 404
     assert client.get("/schema/assets/index.html").status_code == 404
+
+
+def test_every_code_the_edge_writes_by_hand_is_in_the_problem_enum() -> None:
+    """Codes given as ``code="..."`` at a raise (not a class's own) must be in the documented enum too."""
+    import re
+
+    from server.openapi import problem_codes
+    from tests.support.paths import REPO
+
+    sources = [*sorted((REPO / "server").glob("*.py")), REPO / "pipeline" / "options.py"]
+    written = {code for path in sources for code in re.findall(r'\bcode="([a-z_]+)"', path.read_text())}
+    assert written, "the scan found no codes: the pattern no longer matches the sources"
+    assert written - set(problem_codes()) == set()
