@@ -100,11 +100,17 @@ def fetch(
         except RefusedUrl as refused:
             raise FetchRefused(str(refused)) from None
         for _ in range(MAX_REDIRECTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FetchFailed(f"no image within {timeout_s:g} s")
             address = _checked_address(current, allowlist, resolver)
             extensions = {"sni_hostname": current.hostname} if current.scheme == "https" else {}
             headers = {"Host": current.authority, "Accept": "image/*"}
             try:
-                with http.stream("GET", _pinned(current, address), headers=headers, extensions=extensions) as response:
+                # Every hop's connect and header wait comes out of the same budget, not a fresh one.
+                with http.stream(
+                    "GET", _pinned(current, address), headers=headers, extensions=extensions, timeout=remaining
+                ) as response:
                     if response.is_redirect:
                         location = response.headers.get("location", "")
                         try:

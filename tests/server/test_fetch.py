@@ -175,3 +175,26 @@ def test_allow_list_lets_one_loopback_prefix_through_and_no_more(loopback_server
         fetch(f"{loopback_server}/public/../private/secret", max_bytes=100, timeout_s=5, allowlist=allow)
     with pytest.raises(FetchRefused):
         fetch(f"{loopback_server}/public/%2e%2e/private/secret", max_bytes=100, timeout_s=5, allowlist=allow)
+
+
+def test_redirect_hops_share_one_time_budget() -> None:
+    """Each hop may only wait for what is left of the whole budget, not a fresh timeout."""
+    import httpx as _httpx
+
+    from server.fetch import FetchFailed, fetch
+
+    timeouts: list[float] = []
+
+    def handler(request: _httpx.Request) -> _httpx.Response:
+        timeouts.append(request.extensions["timeout"]["connect"])
+        import time as _time
+
+        _time.sleep(0.3)
+        return _httpx.Response(302, headers={"location": f"/hop{len(timeouts)}"})
+
+    client = _httpx.Client(transport=_httpx.MockTransport(handler), follow_redirects=False)
+    with pytest.raises(FetchFailed, match="within"):
+        fetch("http://images.example/a.png", max_bytes=1000, timeout_s=1.0, resolver=lambda host, port: [ipaddress.ip_address("93.184.216.34")], client=client)
+    assert 2 <= len(timeouts) <= 4
+    assert all(later < earlier for earlier, later in zip(timeouts, timeouts[1:]))
+    assert timeouts[0] <= 1.0
