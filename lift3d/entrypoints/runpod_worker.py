@@ -49,6 +49,7 @@ from lift3d.errors import InputError, Lift3dError, UploadTooLarge
 from pipeline.events import ProgressEvent
 from pipeline.options import JobOptions
 from pipeline.state import VIEWS_PREVIEW
+from server.faults import free_gpu_cache, job_failure
 from server.fetch import FetchFailed, FetchRefused, FetchTooLarge, fetch
 
 log = logging.getLogger("lift3d.runpod")
@@ -206,6 +207,17 @@ def make_handler(
         except Lift3dError as error:
             log.info("job %s failed: %s (%s)", job_id, error.message, error.code)
             return {"error": f"{error.code}: {error.message}", "refresh_worker": False}
+        except Exception as error:  # noqa: BLE001 - typed for RunPod like the HTTP worker does
+            typed = job_failure(error)  # CUDA out of memory, a full disk, no file descriptors left
+            if typed is None:
+                log.exception("job %s failed unexpectedly (%s)", job_id, type(error).__name__)
+                # An unknown state: RunPod replaces this worker rather than trusting it with the next job.
+                return {"error": "internal_error: internal error", "refresh_worker": True}
+            log.error("job %s failed: %s", job_id, typed.code)
+            if typed.code == "gpu_out_of_memory":
+                error.__traceback__ = None  # its frames held the tensors
+                free_gpu_cache()
+            return {"error": f"{typed.code}: {typed.message}", "refresh_worker": False}
         output: dict[str, Any] = {
             "seed": result.seed,
             "weights_mode": result.weights_mode,

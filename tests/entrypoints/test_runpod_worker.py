@@ -268,3 +268,28 @@ def test_local_test_mode_turns_a_real_photo_into_a_valid_glb(
     glb = httpx.get(output["glb_url"]).content
     assert glb == store.objects["/results/lift3d/local_test.glb"] and len(glb) == output["glb_bytes"]
     assert_valid_glb(glb)
+
+
+def test_handler_types_cuda_out_of_memory_and_unexpected_failures(monkeypatch) -> None:
+    import torch
+
+    import lift3d.entrypoints.runpod_worker as worker_module
+
+    freed: list[int] = []
+    monkeypatch.setattr(worker_module, "free_gpu_cache", lambda: freed.append(1))
+
+    class FailingEngine(FakeEngine):
+        def __init__(self, error: Exception) -> None:
+            super().__init__(b"")
+            self.error = error
+
+        def run(self, data: bytes, options: JobOptions, progress: Any = None) -> FakeResult:
+            raise self.error
+
+    image = base64.b64encode(b"img").decode()
+    oom = make_handler(FailingEngine(torch.cuda.OutOfMemoryError("CUDA out of memory.")), load_settings({}), bucket=None, send_progress=lambda *a: None)
+    answer = oom({"id": "j1", "input": {"image_base64": image}})
+    assert answer["error"].startswith("gpu_out_of_memory:") and answer["refresh_worker"] is False and freed == [1]
+    broken = make_handler(FailingEngine(ValueError("a bug")), load_settings({}), bucket=None, send_progress=lambda *a: None)
+    answer = broken({"id": "j2", "input": {"image_base64": image}})
+    assert answer == {"error": "internal_error: internal error", "refresh_worker": True}
