@@ -29,10 +29,10 @@ def _best_hit_per_texel(texel: torch.Tensor, inside: torch.Tensor, texel_count: 
     score = inside.clamp(max=0)  # every inside hit is equally good
     best = torch.full((texel_count,), -torch.inf, device=texel.device)
     best = best.scatter_reduce(0, texel, score, reduce="amax")
-    candidates = torch.nonzero(score >= best[texel])[:, 0]
+    candidates = torch.nonzero(score >= best.index_select(0, texel))[:, 0]
     # Several equally good hits (a texel on an edge two triangles share): keep the first.
     chosen = torch.full((texel_count,), len(texel), dtype=torch.long, device=texel.device)
-    chosen = chosen.scatter_reduce(0, texel[candidates], candidates, reduce="amin")
+    chosen = chosen.scatter_reduce(0, texel.index_select(0, candidates), candidates, reduce="amin")
     return chosen[chosen < len(texel)]
 
 
@@ -81,7 +81,7 @@ def bake_texture(
     points += barycentric[:, 2:3] * vertices.index_select(0, corner_ids[:, 2])
     colours = query_colours(color_query, points.cpu().numpy())
 
-    texels = hits.texel[chosen].cpu().numpy()
+    texels = hits.texel.index_select(0, chosen).cpu().numpy()
     image = np.zeros((texel_count, 3), np.uint8)
     image[texels] = np.round(colours * 255).astype(np.uint8)
     covered = np.zeros(texel_count, bool)

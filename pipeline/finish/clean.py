@@ -35,7 +35,8 @@ def weld_vertices(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, 
     cells = np.round((vertices - low) / (extent * WELD_TOLERANCE)).astype(np.int64)
     keys = (cells[:, 0] << 42) | (cells[:, 1] << 21) | cells[:, 2]
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return vertices[first], inverse.reshape(-1)[faces]
+    # ndarray.take gathers rows several times faster than fancy indexing.
+    return vertices[first], inverse.reshape(-1).take(faces)
 
 
 def face_keys(faces: np.ndarray, vertex_count: int) -> np.ndarray:
@@ -45,7 +46,8 @@ def face_keys(faces: np.ndarray, vertex_count: int) -> np.ndarray:
 
 
 def _doubled_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    corners = vertices.take(faces, axis=0)  # one gather for all three corners
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
     u, v = b - a, c - a
     cross = np.stack([u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1], u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2], u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]])
     return np.sqrt((cross * cross).sum(axis=0))
@@ -68,7 +70,7 @@ def drop_unreferenced(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarr
     used = np.zeros(len(vertices), bool)
     used[faces] = True
     new_index = np.cumsum(used) - 1
-    return vertices[used], new_index[faces]
+    return vertices[used], new_index.take(faces)
 
 
 def face_components(faces: np.ndarray, vertex_count: int) -> np.ndarray:
@@ -99,8 +101,9 @@ def outward_flips(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray) -
     vertex_labels[faces[:, 2]] = labels
     sizes = np.bincount(vertex_labels, minlength=count)[:, None]
     centroids = np.stack([np.bincount(vertex_labels, vertices[:, axis], count) for axis in range(3)], 1) / sizes
-    local = vertices - centroids[vertex_labels]
-    a, b, c = (local[faces[:, i]] for i in range(3))
+    local = vertices - centroids.take(vertex_labels, axis=0)
+    corners = local.take(faces, axis=0)
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
     signed = (
         a[:, 0] * (b[:, 1] * c[:, 2] - b[:, 2] * c[:, 1])
         + a[:, 1] * (b[:, 2] * c[:, 0] - b[:, 0] * c[:, 2])
