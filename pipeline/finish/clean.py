@@ -41,16 +41,24 @@ def weld_vertices(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, 
 
 def face_keys(faces: np.ndarray, vertex_count: int) -> np.ndarray:
     """One int64 per face, equal for faces with the same vertex set whatever their order."""
-    ordered = np.sort(faces, axis=1).astype(np.int64)
-    return (ordered[:, 0] * vertex_count + ordered[:, 1]) * vertex_count + ordered[:, 2]
+    # min / middle / max by elementwise ops: several times faster than np.sort on rows of three.
+    a, b, c = (faces[:, i].astype(np.int64) for i in range(3))
+    low, high = np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
+    middle = a + b + c - low - high
+    return (low * vertex_count + middle) * vertex_count + high
 
 
 def _doubled_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     corners = vertices.take(faces, axis=0)  # one gather for all three corners
     a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
     u, v = b - a, c - a
-    cross = np.stack([u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1], u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2], u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]])
-    return np.sqrt((cross * cross).sum(axis=0))
+    x = u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1]
+    y = u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2]
+    z = u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+    x *= x
+    x += y * y
+    x += z * z
+    return np.sqrt(x, out=x)
 
 
 def nondegenerate(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -75,16 +83,17 @@ def drop_unreferenced(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarr
 
 def face_components(faces: np.ndarray, vertex_count: int) -> np.ndarray:
     """A component label per face; faces sharing a vertex belong together."""
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
-    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(vertex_count,) * 2)
+    starts, ends = np.concatenate([faces[:, 0], faces[:, 1]]), np.concatenate([faces[:, 1], faces[:, 2]])
+    graph = coo_matrix((np.ones(len(starts), np.int8), (starts, ends)), shape=(vertex_count,) * 2)
     _, vertex_labels = connected_components(graph, directed=False)
     return vertex_labels[faces[:, 0]]
 
 
 def winding_is_consistent(faces: np.ndarray, vertex_count: int) -> bool:
     """Consistent winding traverses every directed edge at most once."""
-    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
-    keys = np.sort(directed[:, 0] * vertex_count + directed[:, 1])
+    a, b, c = (faces[:, i].astype(np.int64) for i in range(3))
+    keys = np.concatenate([a * vertex_count + b, b * vertex_count + c, c * vertex_count + a])
+    keys.sort()
     return not bool(np.any(keys[1:] == keys[:-1]))
 
 
