@@ -144,7 +144,9 @@ def write_results(args, vertices, faces, runs, median, best, cpu_median, qa) -> 
             if current is not None:
                 current.append(line)
     sections[title] = section + [""]
-    body = [line for key in sorted(sections) for line in sections[key]]
+    # Every section ends in exactly one blank line, wherever the sort puts it (the file's
+    # last section was read back without one).
+    body = [line for key in sorted(sections) for line in [*"\n".join(sections[key]).rstrip().splitlines(), ""]]
     RESULTS.write_text("\n".join(header + body).rstrip() + "\n")
     print(f"wrote {RESULTS.relative_to(REPO)}")
 

@@ -29,10 +29,10 @@ def _best_hit_per_texel(texel: torch.Tensor, inside: torch.Tensor, texel_count: 
     score = inside.clamp(max=0)  # every inside hit is equally good
     best = torch.full((texel_count,), -torch.inf, device=texel.device)
     best = best.scatter_reduce(0, texel, score, reduce="amax")
-    candidates = torch.nonzero(score >= best[texel])[:, 0]
+    candidates = torch.nonzero(score >= best.index_select(0, texel))[:, 0]
     # Several equally good hits (a texel on an edge two triangles share): keep the first.
     chosen = torch.full((texel_count,), len(texel), dtype=torch.long, device=texel.device)
-    chosen = chosen.scatter_reduce(0, texel[candidates], candidates, reduce="amin")
+    chosen = chosen.scatter_reduce(0, texel.index_select(0, candidates), candidates, reduce="amin")
     return chosen[chosen < len(texel)]
 
 
@@ -52,7 +52,10 @@ def fill_outside_charts(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
         return image
     # Chessboard distance: nearest enough for padding, and twice as fast as Euclidean.
     _, (rows, cols) = distance_transform_cdt(~covered, metric="chessboard", return_indices=True)
-    return image[rows, cols]
+    size = image.shape[1]
+    # A flat take gathers the texels about twice as fast as indexing by (rows, cols).
+    nearest = (rows * size + cols).reshape(-1)  # int32 is enough below 46341² texels
+    return image.reshape(-1, image.shape[2]).take(nearest, axis=0).reshape(image.shape)
 
 
 def bake_texture(
@@ -73,15 +76,17 @@ def bake_texture(
     strictly_inside = torch.bincount(hits.texel[hits.inside > STRICTLY_INSIDE], minlength=texel_count)
     overlap = int((strictly_inside > 1).sum()) / max(len(chosen), 1)
 
-    corner_ids = faces_t.index_select(0, hits.face.index_select(0, chosen))
-    barycentric = hits.barycentric.index_select(0, chosen)
     vertices = torch.as_tensor(positions, dtype=torch.float32, device=device)
-    points = barycentric[:, 0:1] * vertices.index_select(0, corner_ids[:, 0])
-    points += barycentric[:, 1:2] * vertices.index_select(0, corner_ids[:, 1])
-    points += barycentric[:, 2:3] * vertices.index_select(0, corner_ids[:, 2])
+    # Each face's three corners side by side, so a texel needs one 9-float gather, not four.
+    face_corners = vertices.index_select(0, faces_t.reshape(-1)).view(-1, 9)
+    corners = face_corners.index_select(0, hits.face.index_select(0, chosen))
+    barycentric = hits.barycentric.index_select(0, chosen)
+    points = barycentric[:, 0:1] * corners[:, 0:3]
+    points += barycentric[:, 1:2] * corners[:, 3:6]
+    points += barycentric[:, 2:3] * corners[:, 6:9]
     colours = query_colours(color_query, points.cpu().numpy())
 
-    texels = hits.texel[chosen].cpu().numpy()
+    texels = hits.texel.index_select(0, chosen).cpu().numpy()
     image = np.zeros((texel_count, 3), np.uint8)
     image[texels] = np.round(colours * 255).astype(np.uint8)
     covered = np.zeros(texel_count, bool)

@@ -35,20 +35,30 @@ def weld_vertices(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, 
     cells = np.round((vertices - low) / (extent * WELD_TOLERANCE)).astype(np.int64)
     keys = (cells[:, 0] << 42) | (cells[:, 1] << 21) | cells[:, 2]
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return vertices[first], inverse.reshape(-1)[faces]
+    # ndarray.take gathers rows several times faster than fancy indexing.
+    return vertices[first], inverse.reshape(-1).take(faces)
 
 
 def face_keys(faces: np.ndarray, vertex_count: int) -> np.ndarray:
     """One int64 per face, equal for faces with the same vertex set whatever their order."""
-    ordered = np.sort(faces, axis=1).astype(np.int64)
-    return (ordered[:, 0] * vertex_count + ordered[:, 1]) * vertex_count + ordered[:, 2]
+    # min / middle / max by elementwise ops: several times faster than np.sort on rows of three.
+    a, b, c = (faces[:, i].astype(np.int64) for i in range(3))
+    low, high = np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
+    middle = a + b + c - low - high
+    return (low * vertex_count + middle) * vertex_count + high
 
 
 def _doubled_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    corners = vertices.take(faces, axis=0)  # one gather for all three corners
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
     u, v = b - a, c - a
-    cross = np.stack([u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1], u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2], u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]])
-    return np.sqrt((cross * cross).sum(axis=0))
+    x = u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1]
+    y = u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2]
+    z = u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+    x *= x
+    x += y * y
+    x += z * z
+    return np.sqrt(x, out=x)
 
 
 def nondegenerate(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -68,21 +78,22 @@ def drop_unreferenced(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarr
     used = np.zeros(len(vertices), bool)
     used[faces] = True
     new_index = np.cumsum(used) - 1
-    return vertices[used], new_index[faces]
+    return vertices[used], new_index.take(faces)
 
 
 def face_components(faces: np.ndarray, vertex_count: int) -> np.ndarray:
     """A component label per face; faces sharing a vertex belong together."""
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
-    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(vertex_count,) * 2)
+    starts, ends = np.concatenate([faces[:, 0], faces[:, 1]]), np.concatenate([faces[:, 1], faces[:, 2]])
+    graph = coo_matrix((np.ones(len(starts), np.int8), (starts, ends)), shape=(vertex_count,) * 2)
     _, vertex_labels = connected_components(graph, directed=False)
     return vertex_labels[faces[:, 0]]
 
 
 def winding_is_consistent(faces: np.ndarray, vertex_count: int) -> bool:
     """Consistent winding traverses every directed edge at most once."""
-    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
-    keys = np.sort(directed[:, 0] * vertex_count + directed[:, 1])
+    a, b, c = (faces[:, i].astype(np.int64) for i in range(3))
+    keys = np.concatenate([a * vertex_count + b, b * vertex_count + c, c * vertex_count + a])
+    keys.sort()
     return not bool(np.any(keys[1:] == keys[:-1]))
 
 
@@ -99,8 +110,9 @@ def outward_flips(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray) -
     vertex_labels[faces[:, 2]] = labels
     sizes = np.bincount(vertex_labels, minlength=count)[:, None]
     centroids = np.stack([np.bincount(vertex_labels, vertices[:, axis], count) for axis in range(3)], 1) / sizes
-    local = vertices - centroids[vertex_labels]
-    a, b, c = (local[faces[:, i]] for i in range(3))
+    local = vertices - centroids.take(vertex_labels, axis=0)
+    corners = local.take(faces, axis=0)
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
     signed = (
         a[:, 0] * (b[:, 1] * c[:, 2] - b[:, 2] * c[:, 1])
         + a[:, 1] * (b[:, 2] * c[:, 0] - b[:, 0] * c[:, 2])

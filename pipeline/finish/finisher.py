@@ -105,7 +105,7 @@ def finish_mesh(
         glb = export_glb(
             transform.to_gltf(uv_mesh.vertices),
             uv_mesh.faces,
-            transform.rotate_directions(welded_normals[uv_mesh.source_vertex]),
+            transform.rotate_directions(np.asarray(welded_normals).take(uv_mesh.source_vertex, axis=0)),
             uvs=uv_mesh.uvs,
             texture=baked.image,
             extras=extras,

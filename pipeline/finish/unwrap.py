@@ -124,7 +124,7 @@ def unwrap(mesh: trimesh.Trimesh, texture_size: int, method: ChartMethod = "box"
         raise Lift3dError(f"xatlas packed the charts into {atlas_count} atlases, not one", code="uv_unwrap_failed")
     source_vertex = source[vertex_map.astype(np.int64)]
     return UVMesh(
-        vertices=mesh.vertices[source_vertex],
+        vertices=np.asarray(mesh.vertices).take(source_vertex, axis=0),
         faces=indices.astype(np.int64),
         uvs=packed_uvs.astype(np.float32),
         source_vertex=source_vertex,
