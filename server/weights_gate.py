@@ -56,12 +56,21 @@ def pull_argv(settings: Settings, profile: str) -> list[str]:
 
 def weights_step(settings: Settings) -> Callable[[SetPhase], None] | None:
     """The step the worker runs before loading, or None when every weight file is in place."""
-    from lift3d.weights import missing_files, profile_for, weights_missing
+    from lift3d.weights import LockError, missing_files, profile_for, weights_missing
 
     missing = missing_files(settings.engine)
     if not missing:
         return None
-    profile = profile_for(settings.engine)
+    try:
+        profile = profile_for(settings.engine)
+    except LockError as error:  # no lock profile holds this combination: refuse, never exit
+        refusal = WeightsMissing(f"{len(missing)} weight files are missing and {error}; pull them by hand")
+        log.error("%s", refusal.message)
+
+        def refuse_unlocked(_: SetPhase) -> None:
+            raise refusal
+
+        return refuse_unlocked if settings.engine.weights == "locked" else None
     if settings.server.pull_missing:
         return lambda set_phase: pull_missing(settings, profile, [a.path for a in missing], set_phase)
     error = weights_missing([a.path for a in missing], settings.engine.weights_path, profile=profile)

@@ -136,3 +136,24 @@ def test_a_failed_pull_names_the_command_that_works(tmp_path: Path, monkeypatch)
     assert phases == ["pulling_weights"]
     assert "add --allow-unverified (LIFT3D_ALLOW_UNVERIFIED=1)" in failed.value.message  # type: ignore[attr-defined]
     assert "lift3d weights pull --profile quality" in failed.value.message  # type: ignore[attr-defined]
+
+
+def test_a_combination_no_lock_profile_holds_is_refused_not_a_crash(monkeypatch) -> None:
+    """When no weights.lock profile holds every file (LockError), the server still starts and refuses."""
+    from types import SimpleNamespace
+
+    import lift3d.weights as weights
+    from lift3d.errors import WeightsMissing
+    from lift3d.settings import load_settings
+    from lift3d.weights import LockError
+    from server.weights_gate import weights_step
+
+    def no_profile(*args, **kwargs):
+        raise LockError("no profile holds every file this configuration reads")
+
+    monkeypatch.setattr(weights, "missing_files", lambda engine: [SimpleNamespace(path="rembg/u2net.onnx")])
+    monkeypatch.setattr(weights, "profile_for", no_profile)
+    step = weights_step(load_settings(engine__weights="locked"))
+    assert step is not None
+    with pytest.raises(WeightsMissing, match="no profile holds"):
+        step(lambda phase: None)
