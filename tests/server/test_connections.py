@@ -15,7 +15,7 @@ import pytest
 
 from server.limits import UploadBudget
 from lift3d.errors import UploadsBusy
-from tests.support.servers import free_port, small_png, start_fake_server, stop_server, subprocess_env, wait_for_http, wait_until
+from tests.support.servers import free_port, small_png, fake_server_env, start_fake_server, stop_server, wait_for_http, wait_until
 
 KEY = "conn-key"
 HEADER_TIMEOUT = 1.0
@@ -29,13 +29,11 @@ BUDGET = 150_000
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     tmp = tmp_path_factory.mktemp("connections")
     port = free_port()
-    env = subprocess_env(
+    env = fake_server_env(
+        KEY,
+        tmp / "data",
+        port,
         {
-            "LIFT3D_API_KEYS": KEY,
-            "LIFT3D_DATA_DIR": str(tmp / "data"),
-            "LIFT3D_PORT": str(port),
-            "LIFT3D_DEVICE": "cpu",
-            "LIFT3D_WEIGHTS": "tiny",
             "LIFT3D_QUEUE_SIZE": "1",
             "LIFT3D_SHUTDOWN_GRACE_SECONDS": "1",
             "LIFT3D_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
@@ -44,7 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
             "LIFT3D_BODY_TIMEOUT_SECONDS": str(BODY_TOTAL),
             "LIFT3D_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
             "LIFT3D_MAX_UPLOAD_BYTES_IN_FLIGHT": str(BUDGET),
-        }
+        },
     )
     log_path = tmp / "server.log"
     process = start_fake_server(log_path, env, "--seconds-per-step", "0.2")

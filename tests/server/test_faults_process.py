@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from server.jobstore import JobStore
-from tests.support.servers import free_port, small_png, start_fake_server, stop_server, subprocess_env, wait_for_http, wait_until
+from tests.support.servers import free_port, small_png, fake_server_env, start_fake_server, stop_server, wait_for_http, wait_until
 
 KEY = {"Authorization": "Bearer faults-key"}
 RAW = {**KEY, "Content-Type": "image/png"}
@@ -17,16 +17,7 @@ RAW = {**KEY, "Content-Type": "image/png"}
 def launch(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     log_path = tmp_path / "server.log"
-    environment = subprocess_env(
-        {
-            "LIFT3D_API_KEYS": "faults-key",
-            "LIFT3D_DATA_DIR": str(tmp_path / "data"),
-            "LIFT3D_PORT": str(port),
-            "LIFT3D_DEVICE": "cpu",
-            "LIFT3D_WEIGHTS": "tiny",
-            **env,
-        }
-    )
+    environment = fake_server_env("faults-key", tmp_path / "data", port, env)
     process = start_fake_server(log_path, environment, "--seconds-per-step", "0.1", *args)
     return process, f"http://127.0.0.1:{port}", log_path
 

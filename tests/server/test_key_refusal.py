@@ -13,7 +13,7 @@ from lift3d.errors import EncryptionKeyMissing
 from lift3d.settings import StorageSettings
 from server.results import GENERATED_KEY_FILENAME, generate_key_text, key_id
 from server.storage import NewJob, Storage
-from tests.support.servers import REPO, free_port, subprocess_env
+from tests.support.servers import REPO, free_port, fake_server_env
 
 GLB = b"glTF" + bytes(60)
 
@@ -67,16 +67,7 @@ def test_serve_exits_2_with_one_line_naming_the_key_ids(tmp_path: Path) -> None:
     old = generate_key_text()
     data_dir = tmp_path / "data"
     stored_job(data_dir, old)
-    environment = subprocess_env(
-        {
-            "LIFT3D_API_KEYS": "k",
-            "LIFT3D_DATA_DIR": str(data_dir),
-            "LIFT3D_PORT": str(free_port()),
-            "LIFT3D_DEVICE": "cpu",
-            "LIFT3D_WEIGHTS": "tiny",
-            "LIFT3D_ENCRYPTION_KEYS": generate_key_text(),
-        }
-    )
+    environment = fake_server_env("k", data_dir, free_port(), {"LIFT3D_ENCRYPTION_KEYS": generate_key_text()})
     done = subprocess.run(
         [sys.executable, "-m", "tests.support.servers"], cwd=REPO, env=environment, capture_output=True, text=True, timeout=120
     )

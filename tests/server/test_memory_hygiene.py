@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from tests.support.memory_scan import can_read_memory, count_markers
-from tests.support.servers import free_port, small_png, start_fake_server, stop_server, subprocess_env, wait_for_http, wait_until
+from tests.support.servers import free_port, small_png, fake_server_env, start_fake_server, stop_server, wait_for_http, wait_until
 
 KEY = "memory-key"
 HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "image/png"}
@@ -56,17 +56,15 @@ class MarkedImage:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen, str]]:
     tmp = tmp_path_factory.mktemp("memory")
     port = free_port()
-    env = subprocess_env(
+    env = fake_server_env(
+        KEY,
+        tmp / "data",
+        port,
         {
-            "LIFT3D_API_KEYS": KEY,
-            "LIFT3D_DATA_DIR": str(tmp / "data"),
-            "LIFT3D_PORT": str(port),
-            "LIFT3D_DEVICE": "cpu",
-            "LIFT3D_WEIGHTS": "tiny",
             "LIFT3D_QUEUE_SIZE": "1",
             "LIFT3D_JOB_DEADLINE_SECONDS": "4",
             "LIFT3D_SHUTDOWN_GRACE_SECONDS": "1",
-        }
+        },
     )
     process = start_fake_server(tmp / "server.log", env, "--seconds-per-step", "0.05")
     try:

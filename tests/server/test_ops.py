@@ -11,7 +11,7 @@ from typing import Iterator
 
 import httpx
 from server.jobstore import JobStore
-from tests.support.servers import free_port, small_png, start_fake_server, stop_server, subprocess_env, wait_for_http, wait_until
+from tests.support.servers import free_port, small_png, fake_server_env, start_fake_server, stop_server, wait_for_http, wait_until
 
 KEY = {"Authorization": "Bearer ops-key"}
 RAW = {**KEY, "Content-Type": "image/png"}
@@ -40,16 +40,7 @@ def fake_server(tmp_path: Path, seconds_per_step: float, **env: str) -> Iterator
     port = free_port()
     data_dir = tmp_path / "data"
     log_path = tmp_path / "server.log"
-    environment = subprocess_env(
-        {
-            "LIFT3D_API_KEYS": "ops-key",
-            "LIFT3D_DATA_DIR": str(data_dir),
-            "LIFT3D_PORT": str(port),
-            "LIFT3D_DEVICE": "cpu",
-            "LIFT3D_WEIGHTS": "tiny",
-            **env,
-        }
-    )
+    environment = fake_server_env("ops-key", data_dir, port, env)
     process = start_fake_server(log_path, environment, "--seconds-per-step", str(seconds_per_step))
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path, data_dir)
     try:

@@ -189,6 +189,20 @@ def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def fake_server_env(api_key: str, data_dir: Path | str, port: int | str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a tiny-weights, CPU server subprocess on ``port`` (plus ``extra``)."""
+    return subprocess_env(
+        {
+            "LIFT3D_API_KEYS": api_key,
+            "LIFT3D_DATA_DIR": str(data_dir),
+            "LIFT3D_PORT": str(port),
+            "LIFT3D_DEVICE": "cpu",
+            "LIFT3D_WEIGHTS": "tiny",
+            **(extra or {}),
+        }
+    )
+
+
 def start_fake_server(log_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
     """``python -m tests.support.servers`` (this module's ``main``) in a subprocess, logging to ``log_path``."""
     with open(log_path, "wb") as log:
