@@ -92,7 +92,10 @@ class MotoS3:
         found = {}
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                found[item["Key"]] = client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+                try:
+                    found[item["Key"]] = client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+                except client.exceptions.NoSuchKey:
+                    continue  # deleted between the listing and the read: a sweep in flight
         return found
 
 
