@@ -66,6 +66,20 @@ def onnx_providers(prefer_cuda: bool = True) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _preload_cuda_libraries(onnxruntime: Any) -> None:
+    """Make CUDA 13 and cuDNN 9 loadable for onnxruntime-gpu's CUDA provider.
+
+    The provider links them by soname, and in the CUDA image they live in the torch wheels'
+    nvidia packages, which the dynamic loader does not search. Importing torch loads its
+    copies process-wide; ``preload_dlls`` (onnxruntime 1.21+) covers what torch left out.
+    """
+    import torch  # noqa: F401
+
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if preload is not None:
+        preload(cuda=True, cudnn=True)
+
+
 def session_provider(session: Any) -> str:
     """The provider a session actually runs on (onnxruntime drops CUDA itself when its libraries fail to load)."""
     return session.inner_session.get_providers()[0]
@@ -96,6 +110,8 @@ def load_session(weights_dir: Path, name: str, *, prefer_cuda: bool = True, thre
 
     path = verify_model_file(weights_dir, name)
     providers = onnx_providers(prefer_cuda)
+    if providers[0] == "CUDAExecutionProvider":
+        _preload_cuda_libraries(onnxruntime)
     session_class = _pinned_session_class(name, path)
     options = onnxruntime.SessionOptions()
     if threads is not None:

@@ -57,11 +57,11 @@ case "$phase" in
       run uv pip install --python "$venv/bin/python" --no-deps --no-index --find-links "$LIFT3D_LOCAL_TORCH" "torch==2.13.0"
     fi
     if [ -z "${LIFT3D_LOCAL_TORCH:-}" ]; then
-      # The CUDA image: onnxruntime-gpu (the same module, plus CUDAExecutionProvider) at the
-      # locked onnxruntime version, in its place; the background session falls back to the CPU without it.
-      ort=$(sed -n '/^name = "onnxruntime"$/{n;s/^version = "\(.*\)"$/\1/p;}' uv.lock)
+      # The CUDA image: onnxruntime-gpu (the same module, plus CUDAExecutionProvider) in place of
+      # the CPU build, pinned by version and hash in its own file; the background session falls
+      # back to the CPU when the provider cannot load.
       run uv pip uninstall --python "$venv/bin/python" onnxruntime
-      run uv pip install --python "$venv/bin/python" --no-deps "onnxruntime-gpu==${ort:?no onnxruntime in uv.lock}"
+      run uv pip install --python "$venv/bin/python" --no-deps --require-hashes -r scripts/onnxruntime-gpu.txt
     fi
     # Fail the build, not the first request, when an import is broken.
     run "$venv/bin/python" -c "import lift3d.entrypoints.cli, lift3d.entrypoints.runpod_worker, pipeline.engine, server.app"

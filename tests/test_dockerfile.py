@@ -221,16 +221,19 @@ def test_viewer_phase_installs_the_locked_npm_package(tmp_path: Path) -> None:
     assert installed["version"] == lock["packages"]["node_modules/@google/model-viewer"]["version"]
 
 
-def test_the_cuda_build_swaps_in_onnxruntime_gpu_at_the_locked_version() -> None:
-    locked = re.search(r"^onnxruntime==(\S+)", (REPO / "requirements.lock").read_text(), re.MULTILINE)
-    assert locked is not None
+ORT_GPU = REPO / "scripts" / "onnxruntime-gpu.txt"
+
+
+def test_the_cuda_build_swaps_in_onnxruntime_gpu_pinned_by_hash() -> None:
     cuda = subprocess.run(
         ["bash", str(SCRIPT), "project"], env=script_env(DOCKER_INSTALL_DRY_RUN="1"), capture_output=True, text=True
     )
     assert cuda.returncode == 0, cuda.stderr
     commands = cuda.stdout.splitlines()
     install = [c for c in commands if "onnxruntime-gpu" in c]
-    assert install and install[0].endswith(f"onnxruntime-gpu=={locked.group(1)}") and "--no-deps" in install[0]
+    assert len(install) == 1, install
+    words = shlex.split(install[0].removeprefix("+ "))
+    assert {"--no-deps", "--require-hashes"} <= set(words) and words[words.index("-r") + 1] == "scripts/onnxruntime-gpu.txt"
     uninstall = next(i for i, c in enumerate(commands) if "pip uninstall" in c and c.endswith(" onnxruntime"))
     smoke = next(i for i, c in enumerate(commands) if "import lift3d.entrypoints.cli" in c)
     assert uninstall < commands.index(install[0]) < smoke  # swapped before the import smoke test
@@ -241,3 +244,21 @@ def test_the_cuda_build_swaps_in_onnxruntime_gpu_at_the_locked_version() -> None
         text=True,
     )
     assert cpu.returncode == 0 and "onnxruntime-gpu" not in cpu.stdout  # the CPU test build keeps onnxruntime
+
+
+def test_the_onnxruntime_gpu_pin_is_one_exact_version_with_a_hash_per_image_wheel() -> None:
+    text = ORT_GPU.read_text(encoding="utf-8")
+    requirements = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.startswith("#")))
+    lines = [line.split() for line in requirements.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.fullmatch(r"onnxruntime-gpu==\d+\.\d+\.\d+", lines[0][0]), lines
+    version = lines[0][0].split("==")[1]
+    hashes = [word for word in lines[0][1:] if word.startswith("--hash=")]
+    assert hashes == lines[0][1:] and all(re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", h) for h in hashes)
+    # One hash per wheel the image can install: the Dockerfile's interpreter, on x86-64 and arm64.
+    python = re.search(r"UV_PYTHON=(\d+)\.(\d+)", DOCKERFILE.read_text(encoding="utf-8"))
+    assert python is not None
+    tag = f"cp{python.group(1)}{python.group(2)}"
+    wheels = re.findall(r"onnxruntime_gpu-(\S+?)-(cp\d+)-\2-manylinux_\d+_\d+_(x86_64|aarch64)\.whl", text)
+    assert {(v, t) for v, t, _ in wheels} == {(version, tag)}, wheels
+    assert sorted(machine for *_, machine in wheels) == ["aarch64", "x86_64"]
+    assert len(set(hashes)) == len(wheels)

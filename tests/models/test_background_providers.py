@@ -48,6 +48,17 @@ def test_a_cuda_provider_that_fails_to_load_is_reported_as_the_cpu(monkeypatch, 
     assert any("CUDAExecutionProvider did not load" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("cuda", [True, False])
+def test_cuda_libraries_are_preloaded_only_for_a_cuda_session(monkeypatch, u2netp_weights_dir, cuda) -> None:  # type: ignore[no-untyped-def]
+    import onnxruntime
+
+    offer(monkeypatch, *(["CUDAExecutionProvider"] if cuda else []), "CPUExecutionProvider")
+    calls: list[dict] = []
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda **kwargs: calls.append(kwargs), raising=False)
+    load_session(u2netp_weights_dir, "u2netp", prefer_cuda=True)
+    assert calls == ([{"cuda": True, "cudnn": True}] if cuda else [])
+
+
 def test_info_reports_the_provider_of_the_loaded_background_stage(u2netp_weights_dir) -> None:  # type: ignore[no-untyped-def]
     from lift3d.settings import load_settings
     from pipeline.background import BackgroundStage, BorderColourSegmenter, RembgSegmenter
