@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 from typing import Callable, ContextManager, Iterable
 
 import torch
@@ -66,9 +68,22 @@ def compile_modules(runtime: Runtime, modules: Iterable[tuple[str, nn.Module]]) 
     if not runtime.is_cuda:
         log.warning("engine.compile is for CUDA; the CPU path runs eagerly")
         return []
+    if c_compiler() is None:
+        # Triton builds each kernel's launcher with a C compiler; without one the first
+        # compiled call fails. The CUDA image ships none: eager is slower, never wrong.
+        log.warning("engine.compile needs a C compiler (CC, cc, gcc or clang) for Triton; none found, running eagerly")
+        return []
     compiled = []
     for name, module in modules:
         module.compile(dynamic=False)
         compiled.append(name)
     log.info("torch.compile: %s (compiled by the warm-up job)", ", ".join(compiled))
     return compiled
+
+
+def c_compiler() -> str | None:
+    """The C compiler Triton would use: ``$CC``, else the first of cc, gcc, clang on PATH."""
+    named = os.environ.get("CC")
+    if named:
+        return shutil.which(named)
+    return next((found for name in ("cc", "gcc", "clang") if (found := shutil.which(name))), None)

@@ -116,8 +116,32 @@ class CompileRecorder(torch.nn.Module):
 
 
 @pytest.mark.parametrize(("device", "setting", "compiled"), [("cuda", True, True), ("cuda", False, False), ("cpu", True, False)])
-def test_compile_happens_on_cuda_only_when_asked_with_static_shapes(device, setting, compiled):
+def test_compile_happens_on_cuda_only_when_asked_with_static_shapes(device, setting, compiled, monkeypatch):
+    monkeypatch.setattr(precision, "c_compiler", lambda: "/usr/bin/cc")
     modules = [("unet", CompileRecorder()), ("lrm.encoder", CompileRecorder())]
     names = compile_modules(runtime(device, compile=setting), modules)
     assert names == (["unet", "lrm.encoder"] if compiled else [])
     assert all(module.calls == ([{"dynamic": False}] if compiled else []) for _, module in modules)
+
+
+def test_compile_without_a_c_compiler_runs_eagerly_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    assert precision.c_compiler() is None
+    modules = [("unet", CompileRecorder())]
+    with caplog.at_level("WARNING", logger="lift3d.precision"):
+        assert compile_modules(runtime("cuda", compile=True), modules) == []
+    assert modules[0][1].calls == []
+    assert any("needs a C compiler" in record.getMessage() for record in caplog.records)
+
+
+def test_the_c_compiler_is_cc_then_the_path(monkeypatch, tmp_path):
+    compiler = tmp_path / "mycc"
+    compiler.write_text("#!/bin/sh\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    assert precision.c_compiler() == str(compiler)
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert precision.c_compiler() is None
+    (tmp_path / "mycc").rename(tmp_path / "gcc")
+    assert precision.c_compiler() == str(tmp_path / "gcc")
