@@ -66,6 +66,10 @@ case "$phase" in
     # Fail the build, not the first request, when an import is broken.
     run "$venv/bin/python" -c "import lift3d.entrypoints.cli, lift3d.entrypoints.runpod_worker, pipeline.engine, server.app"
     run "$venv/bin/lift3d" --help
+    # rembg imports pymatting, whose numba kernels compile at first import (a minute or two):
+    # compile them here, into NUMBA_CACHE_DIR (NUMBA_CPU_NAME=generic makes them valid on any
+    # x86-64 CPU), so no container start pays for it.
+    run "$venv/bin/python" -c "import rembg.bg"
     ;;
   weights)
     dir=${LIFT3D_WEIGHTS_DIR:?set LIFT3D_WEIGHTS_DIR}

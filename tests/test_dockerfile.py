@@ -97,7 +97,26 @@ def test_image_shape_multi_stage_non_root_tini_healthcheck_and_env() -> None:
     copies = of("COPY")
     assert copies.index("pyproject.toml uv.lock README.md ./") < copies.index(". .")
     ignored = (REPO / ".dockerignore").read_text(encoding="utf-8").split()
-    assert {".venv", ".cache", ".git"} <= set(ignored)
+    assert {".venv", ".cache", ".git", ".gpukit", ".hypothesis", "**/node_modules"} <= set(ignored)
+
+
+def test_the_numba_cache_is_built_once_and_writable_at_run_time() -> None:
+    """pymatting's kernels compile in the builder, for a generic CPU, into a folder the runtime user owns."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current = ""
+    for keyword, rest in instructions():
+        if keyword == "FROM":
+            current = rest.split(" AS ")[-1].strip() if " AS " in rest else rest
+        stages.setdefault(current, []).append((keyword, rest))
+    for stage in ("builder", "runtime"):
+        env = " ".join(rest for keyword, rest in stages[stage] if keyword == "ENV").split()
+        assert "NUMBA_CACHE_DIR=/opt/numba-cache" in env and "NUMBA_CPU_NAME=generic" in env, stage
+    copies = [rest for keyword, rest in stages["runtime"] if keyword == "COPY"]
+    assert "--from=builder --chown=lift3d:lift3d /opt/numba-cache /opt/numba-cache" in copies
+    dry = subprocess.run(
+        ["bash", str(SCRIPT), "project"], env=script_env(DOCKER_INSTALL_DRY_RUN="1"), capture_output=True, text=True
+    )
+    assert dry.returncode == 0 and dry.stdout.splitlines()[-1].endswith('python -c import rembg.bg'), dry.stdout
 
 
 def test_uv_lock_matches_pyproject() -> None:
@@ -189,9 +208,11 @@ def test_deps_and_project_phases_install_into_a_fresh_venv(tmp_path: Path) -> No
         UV_CACHE_DIR=str(REPO / ".cache" / "uv"),
         PATH=f"{Path(uv()).parent}:{os.environ['PATH']}",
     )
+    env.update(NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), NUMBA_CPU_NAME="generic")  # as the image sets them
     for phase in ("deps", "project"):
         completed = subprocess.run(["bash", str(SCRIPT), phase], env=env, capture_output=True, text=True, timeout=1700)
         assert completed.returncode == 0, f"{phase}:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    assert list((tmp_path / "numba-cache").rglob("*.nbi")), "pymatting's kernels were not compiled into the cache"
     python = venv / "bin" / "python"
     assert list(venv.glob("lib/python*/site-packages/diffusers/__pycache__/*.pyc"))  # bytecode compiled
     probe = "import torch, diffusers, litestar, runpod, lift3d.weights; print(torch.__version__)"
