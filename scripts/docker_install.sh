@@ -27,7 +27,7 @@ run() {
 }
 
 venv=${UV_PROJECT_ENVIRONMENT:-.venv}
-sync_flags=(--locked --no-dev --extra runpod --compile-bytecode)
+sync_flags=(--locked --no-dev --extra s3 --extra runpod --compile-bytecode)
 if [ -n "${LIFT3D_LOCAL_TORCH:-}" ]; then
   # The GPU build of torch pulls several GB of CUDA wheels; the test installs the local CPU wheel.
   while read -r name; do

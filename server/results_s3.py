@@ -57,8 +57,13 @@ def parse_results_url(url: str) -> tuple[str, str]:
 
 def make_client(settings: StorageSettings) -> Any:
     """A boto3 S3 client from the standard AWS chain; lift3d adds only timeouts and, if set, the addressing style."""
-    import boto3
-    from botocore.config import Config
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise ResultStoreConfigError(
+            "LIFT3D_RESULTS=s3://... needs boto3, which this install lacks: pip install 'lift3d[s3]'"
+        ) from None
 
     options: dict[str, Any] = {
         "connect_timeout": CONNECT_TIMEOUT_S,

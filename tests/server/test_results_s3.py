@@ -40,6 +40,16 @@ def test_results_url_parsing() -> None:
         open_result_store(StorageSettings(results="gs://bucket"))
 
 
+def test_an_install_without_boto3_is_told_which_extra_to_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from server.results_s3 import make_client
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # what an install without the s3 extra sees
+    with pytest.raises(ResultStoreConfigError, match=r"lift3d\[s3\]"):
+        make_client(StorageSettings(results="s3://bucket/prefix"))
+
+
 def test_client_mode_stores_only_ciphertext(moto: MotoS3) -> None:
     store = store_on(moto, "client-mode")
     assert store.put("job1", "model.glb", GLB) == len(GLB)
