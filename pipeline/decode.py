@@ -19,7 +19,10 @@ and otherwise as far as the shorter side stays at or above ``min_side``: twice
 the 320 px the segmenter and the framed output use. The background stage
 re-decodes at a finer scale when the object turns out small (pipeline/background.py),
 so the reduction never costs the condition image any detail. PNG, WebP and GIF
-cannot be reduced while decoding; over the cap they are refused.
+cannot be reduced while decoding; over the cap they are refused. A JPEG of several
+scans (progressive) is the exception to "draft bounds memory": libjpeg holds all its
+coefficients at full size and walks them once per scan, so its coefficient buffer and
+its scan count are judged from the markers (pipeline/jpeg_markers.py) before decoding.
 
 Animated PNG, WebP and GIF give their first frame.
 """
@@ -45,6 +48,7 @@ from lift3d.errors import (
     UploadTooLarge,
 )
 from lift3d.settings import DecodeSettings
+from pipeline.jpeg_markers import read_layout
 from pipeline.runtime import Runtime
 from pipeline.stage import StageContext
 from pipeline.state import JobState
@@ -84,6 +88,14 @@ DCT_REDUCTIONS: Final = (1, 2, 4, 8)
 # output within 50 dB PSNR of the one a full decode gives (about the error JPEG
 # q90 itself leaves at that scale); at 1x it falls to 40-49 dB, below 1x to ~31.
 OVERSAMPLING: Final = 2
+# A multi-scan JPEG's full-size coefficient buffer may take this many bytes per pixel
+# of the cap: three RGBA bitmaps at the cap, about what a capped image costs the later
+# stages. Progressive 4:2:0 colour then passes up to 2.7x the cap, 4:4:4 up to 1.3x.
+MULTI_SCAN_BYTES_PER_CAP_PIXEL: Final = 12
+# libjpeg's default progressive script writes 10 scans, mozjpeg's a few more; each one is
+# a pass over the whole coefficient buffer, so a file of thousands of tiny scans would
+# hold the decoder for minutes.
+MAX_JPEG_SCANS: Final = 100
 # What the u2net/u2netp segmenters look at: the whole image resized to 320 x 320.
 SEGMENTER_INPUT_SIDE: Final = 320
 
@@ -132,6 +144,8 @@ def decode_upload(data: bytes, settings: DecodeSettings, *, min_side: int = DEFA
         raise UploadTooLarge(f"the upload is {len(data)} bytes; the limit is {settings.max_upload_bytes}")
     fmt = sniff_format(data)
     _check_complete(data, fmt)
+    if fmt == "JPEG":
+        _check_scans(data, settings.max_pixels)
     if fmt == "WEBP":
         # libwebp allocates the whole canvas when the file is opened: judge its size first.
         _plan_reduction(*webp_canvas_size(data), fmt, len(data), settings.max_pixels, min_side)
@@ -167,6 +181,29 @@ def _check_complete(data: bytes, fmt: str) -> None:
         raise TruncatedImage("the GIF file has no trailer: it ends early (truncated upload?)")
     if fmt == "WEBP" and len(data) < int.from_bytes(data[4:8], "little") + 8:
         raise TruncatedImage("the WebP file is shorter than its RIFF header says (truncated upload?)")
+
+
+def _check_scans(data: bytes, max_pixels: int) -> None:
+    """Refuse a JPEG whose scans would cost libjpeg more than the cap allows, whatever the draft scale."""
+    layout = read_layout(data)
+    if layout is None or not layout.buffers_whole_frame:
+        return
+    if layout.scans > MAX_JPEG_SCANS:
+        raise DecompressionBomb(
+            f"the JPEG has {layout.scans} scans, each a pass over the whole image; more than "
+            f"{MAX_JPEG_SCANS} are refused (ordinary progressive JPEGs have about 10)"
+        )
+    budget = MULTI_SCAN_BYTES_PER_CAP_PIXEL * max_pixels
+    if layout.coefficient_bytes > budget:
+        pixels = layout.width * layout.height
+        detail = (
+            f"the {layout.width}x{layout.height} JPEG is progressive (or multi-scan): libjpeg holds all "
+            f"{layout.coefficient_bytes // 2**20} MiB of its coefficients at full size, over the "
+            f"{budget // 2**20} MiB the pixel limit of {max_pixels} allows; send it smaller or as a baseline JPEG"
+        )
+        if pixels * 4 > BOMB_EXPANSION * len(data):
+            raise DecompressionBomb(f"{detail} (a {len(data)}-byte file)")
+        raise TooManyPixels(detail)
 
 
 def webp_canvas_size(data: bytes) -> tuple[int, int]:

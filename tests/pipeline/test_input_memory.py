@@ -23,9 +23,9 @@ TINY_BOUND_BYTES = 64 * 1024**2
 _INPUTS: dict[str, Any] = {}
 
 
-def _jpeg(image, quality: int = 85) -> bytes:
+def _jpeg(image, quality: int = 85, progressive: bool = False) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
+    image.save(buffer, format="JPEG", quality=quality, progressive=progressive)
     return buffer.getvalue()
 
 
@@ -53,15 +53,30 @@ def _build(kind: str) -> Any:
 
     fmt, _, shape = kind.partition("-")
     width, height = (int(v) for v in shape.split("x"))
+    if fmt == "pjpegclaim":  # libjpeg would hold the claimed size's coefficients, whatever the draft
+        return _progressive_with_declared_size(width, height)
     if fmt == "strip":  # a PIL image handed to the background stage directly, past the decoder's refusal
         return _strip((width, height))
     if fmt == "png":
         buffer = io.BytesIO()
         _filling_photo((width, height)).save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
+    if fmt == "pjpeg":  # a 48 MP progressive photo: its 4:2:0 coefficients (144 MB) fit the budget
+        return _jpeg(_filling_photo((width, height)), progressive=True)
     if width == 1 or height == 1:
         return _jpeg(Image.new("RGB", (width, height), (90, 120, 30)))
     return _jpeg(_filling_photo((width, height)))
+
+
+def _progressive_with_declared_size(width: int, height: int) -> bytes:
+    """A 64 x 64 progressive JPEG whose frame header claims ``width`` x ``height`` (a few hundred bytes)."""
+    from PIL import Image
+
+    from tests.pipeline.test_jpeg_markers import declare_size
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 120, 30)).save(buffer, format="JPEG", progressive=True)
+    return declare_size(buffer.getvalue(), width, height)
 
 
 def prepare(kinds: list[str]) -> None:
@@ -113,8 +128,16 @@ def _check(results: list[PeakMemory], tiny: set[str]) -> None:
         assert result.above_idle < bound, f"{result.label} used {result.above_idle / 2**20:.0f} MiB above idle\n{report}"
 
 
-HOSTILE = ["jpeg-1x65500", "jpeg-65500x1", "jpeg-1x20000", "strip-1x65500", "strip-65500x1", "strip-3x40000"]
-LARGE = ["jpeg-4032x3024", "jpeg-8000x6000", "png-4096x4096"]
+HOSTILE = [
+    "jpeg-1x65500",
+    "jpeg-65500x1",
+    "jpeg-1x20000",
+    "strip-1x65500",
+    "strip-65500x1",
+    "strip-3x40000",
+    "pjpegclaim-16384x16384",
+]
+LARGE = ["jpeg-4032x3024", "jpeg-8000x6000", "pjpeg-8000x6000", "png-4096x4096"]
 
 
 def test_memory_stays_bounded_on_every_background_setting_heuristic_mask():
@@ -125,9 +148,11 @@ def test_memory_stays_bounded_on_every_background_setting_heuristic_mask():
     for mode in MODES:
         # The decoder refuses the strips by their shape; past it, the stage frames them without a square.
         assert outcomes[f"jpeg-1x65500/{mode}"] == {"refused": "extreme_aspect_ratio"}
+        assert outcomes[f"pjpegclaim-16384x16384/{mode}"] == {"refused": "decompression_bomb"}
         assert "cutout" in outcomes[f"strip-1x65500/{mode}"], outcomes[f"strip-1x65500/{mode}"]
         assert outcomes[f"jpeg-4032x3024/{mode}"]["reduction"] == 4
         assert outcomes[f"jpeg-8000x6000/{mode}"]["reduction"] == 8
+        assert outcomes[f"pjpeg-8000x6000/{mode}"]["reduction"] == 8
         assert outcomes[f"png-4096x4096/{mode}"]["cutout"] == [320, 320]
 
 
