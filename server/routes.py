@@ -15,7 +15,7 @@ from litestar.params import FromPath, HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
-from lift3d.errors import BadRequest, JobNotFound, QueueFull, UnsupportedFormat
+from lift3d.errors import BadRequest, InvalidOption, JobNotFound, QueueFull, UnsupportedFormat
 from lift3d.settings import Settings
 from pipeline.decode import decode_image
 from pipeline.wipe import wipe_image
@@ -187,7 +187,11 @@ async def _accept(
 ) -> Response[JobAccepted]:
     # Both sources are parsed in full by the one parser (a bad query value is refused even when a
     # form field overrides it); then the form wins.
-    query = {key: value for key, value in request.query_params.items()}
+    query: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key in query:
+            raise InvalidOption(f"query parameter {key!r} is given more than once")
+        query[key] = value
     parse_submission(query, svc.settings)
     submission = parse_submission({**query, **upload.fields}, svc.settings)
     image = upload.image

@@ -111,6 +111,7 @@ class _FormCollector:
         self.expected = expected
         self.image: ImageBytes | None = None
         self.fields: dict[str, str] = {}
+        self.stray_files: list[str] = []  # file parts other than the image
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
@@ -145,6 +146,9 @@ class _FormCollector:
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
         # A part with a filename is a file; the filename itself is dropped here, unread.
         self._is_file = b"filename" in params
+        if not self._name:
+            # RFC 7578 requires a plain name (no name*=): a part without one would be silently lost.
+            raise BadRequest("a form part has no name; send Content-Disposition: form-data; name=\"...\"")
         if self._name == IMAGE_FIELD:
             if self.image is not None:
                 raise InputError("the form carries more than one image field")
@@ -159,10 +163,17 @@ class _FormCollector:
             self._value += data[start:end]
             if len(self._value) > MAX_FIELD_BYTES:
                 raise InvalidOption(f"form field {self._name!r} is too long")
-        # Other file parts are not wanted: their bytes are skipped, never kept.
+        # Other file parts are refused once the form is read; their bytes are never kept.
 
     def _part_end(self) -> None:
-        if self._name != IMAGE_FIELD and not self._is_file and self._name:
+        if self._is_file and self._name != IMAGE_FIELD:
+            if len(self.stray_files) >= MAX_FIELDS:
+                raise InvalidOption("too many form fields")
+            self.stray_files.append(self._name)
+        elif self._name != IMAGE_FIELD:
+            if self._name in self.fields:
+                # One value per option: a proxy reading the first and the server the last would disagree.
+                raise InvalidOption(f"form field {self._name!r} is given more than once")
             if len(self.fields) >= MAX_FIELDS:
                 raise InvalidOption("too many form fields")
             self.fields[self._name] = self._value.decode("utf-8", "replace")
@@ -199,5 +210,12 @@ async def read_multipart_image(
         # On a refusal the partial image goes with the last reference (a WipedBuffer zeroes itself).
         image, collector.image = collector.image, None
     if image is None:
-        raise MissingImage(f"the form has no {IMAGE_FIELD!r} file field")
+        stray = f" (it has the file field {collector.stray_files[0]!r})" if collector.stray_files else ""
+        raise MissingImage(f"the form has no {IMAGE_FIELD!r} file field{stray}")
+    if collector.stray_files:
+        # An option sent as a file would otherwise be dropped unread (an owner lost to erasure).
+        image.wipe()
+        raise InvalidOption(
+            f"form field {collector.stray_files[0]!r} is a file part; only {IMAGE_FIELD!r} may be a file, options are text fields"
+        )
     return Upload(image=image.take(), fields=collector.fields)

@@ -332,6 +332,43 @@ def test_request_shape_errors(api: Api) -> None:
     assert (no_image.status_code, no_image.json()["code"]) == (422, "missing_image")
 
 
+def _multipart(*parts: tuple[bytes, bytes]) -> tuple[bytes, dict[str, str]]:
+    """A hand-built form: (Content-Disposition parameters, body) per part."""
+    boundary = b"lift3dboundary"
+    body = b"".join(
+        b"--" + boundary + b"\r\nContent-Disposition: form-data; " + disposition + b"\r\n\r\n" + content + b"\r\n"
+        for disposition, content in parts
+    )
+    return body + b"--" + boundary + b"--\r\n", {"Content-Type": "multipart/form-data; boundary=lift3dboundary"}
+
+
+def test_no_option_is_dropped_or_ambiguous(api: Api) -> None:
+    """Every part is the image or one text option: an option sent as a file, a part without a plain
+    name, or an option given twice is refused rather than silently lost or silently overridden."""
+    image = (b'name="image"; filename="p.png"', small_png())
+    cases = {
+        "owner as a file": [image, (b'name="owner"; filename="id.txt"', b"alice")],
+        "seed as a file": [(b'name="seed"; filename="s.txt"', b"3"), image],
+        "RFC 5987 name only": [image, (b"name*=utf-8''owner", b"alice")],
+        "no name": [image, (b'filename="x.txt"', b"alice")],
+        "owner twice": [image, (b'name="owner"', b" bad"), (b'name="owner"', b"alice")],
+    }
+    expected = {"no name": (400, "bad_request"), "RFC 5987 name only": (400, "bad_request")}
+    for label, parts in cases.items():
+        body, headers = _multipart(*parts)
+        answer = api.client.post("/v1/jobs", content=body, headers={**KEY, **headers})
+        assert (answer.status_code, answer.json()["code"]) == expected.get(label, (422, "invalid_option")), (label, answer.text)
+    twice = api.client.post(
+        "/v1/jobs?owner=%20bad&owner=alice", content=small_png(), headers={**KEY, "Content-Type": "image/png"}
+    )
+    assert (twice.status_code, twice.json()["code"]) == (422, "invalid_option"), twice.text
+    assert "more than once" in twice.json()["detail"]
+    body, headers = _multipart(image, (b'name="owner"', b"alice"), (b'name="seed"', b"4"))
+    accepted = api.client.post("/v1/jobs", content=body, headers={**KEY, **headers})
+    assert accepted.status_code == 202, accepted.text
+    assert api.job(accepted.json()["id"])["owner"] == "alice"
+
+
 def test_upload_cap_is_enforced_while_reading(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", engine__decode__max_upload_bytes=50_000)
     with TestClient(create_app(settings, fake_engine(settings))) as client:
