@@ -447,7 +447,9 @@ async def readyz(state: State) -> Response[Health]:
 @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4", tags=["system"])
 async def metrics(state: State) -> Response[bytes]:
     data = await anyio.to_thread.run_sync(services(state).manager.metrics.render)
-    return Response(data, media_type="text/plain; version=0.0.4; charset=utf-8")
+    # Litestar appends "; charset=utf-8" to text types itself; naming it here would repeat it,
+    # and Prometheus refuses a media type with a repeated parameter.
+    return Response(data, media_type="text/plain; version=0.0.4")
 
 
 @get("/v1/info", summary="Version, profile, device and pinned models", tags=["system"])

@@ -518,7 +518,9 @@ def test_owner_erasure(api: Api) -> None:
 
 def test_metrics_and_info(api: Api) -> None:
     api.wait_status(api.submit(steps=2).json()["id"], TERMINAL)
-    text = api.client.get("/metrics", headers=KEY).text
+    scraped = api.client.get("/metrics", headers=KEY)
+    assert scraped.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"  # each parameter once
+    text = scraped.text
     assert 'lift3d_jobs{status="succeeded"} 1.0' in text
     assert "lift3d_queue_depth 0.0" in text
     assert 'lift3d_stage_duration_seconds_count{stage="multiview"}' in text
