@@ -201,6 +201,13 @@ class UploadsBusy(QueueFull):
     code = "uploads_busy"
 
 
+class TooManyConnections(Unavailable):
+    """More connections are open than ``max_connections`` allows; answered before the app runs."""
+
+    code = "too_many_connections"
+    retry_after_seconds = 1
+
+
 class ShuttingDown(Unavailable):
     code = "shutting_down"
     retry_after_seconds = 30

@@ -7,8 +7,12 @@
 - Body timeouts: an upload must keep arriving (``body_idle_timeout_seconds`` between
   chunks) and finish within ``body_timeout_seconds``, else 408 ``request_timeout``.
   A Content-Length larger than the body therefore ends at the idle timeout.
-- Connections: uvicorn's ``limit_concurrency`` (``max_connections``) answers 503 past
-  the cap, and the header timeout bounds how long an idle one counts.
+- Connections: past ``max_connections`` (uvicorn's ``limit_concurrency`` count) a request
+  gets 503 ``too_many_connections``, and the header timeout bounds how long an idle one
+  counts.
+- Framing: a request h11 cannot parse (a negative or doubled Content-Length, both
+  Content-Length and Transfer-Encoding, ...) gets 400 ``bad_request``. Both answers are
+  problem+json like every other, though they are written below the app.
 - Upload bytes: every upload reserves its declared length (or the cap) from one
   budget before its body is read; with the budget spent the answer is 429 from the
   headers alone. Memory held by uploads is then at most the budget (uploads being
@@ -18,23 +22,66 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
-from typing import AsyncIterator, Final
+from typing import Any, AsyncIterator, Final
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from lift3d.errors import RequestTimeout, UploadsBusy
+from lift3d.errors import BadRequest, Lift3dError, RequestTimeout, TooManyConnections, UploadsBusy
 from lift3d.settings import Settings
+from server.problems import PROBLEM_MEDIA_TYPE, http_status, problem_body
 
 UPLOADS_BUSY_RETRY_SECONDS: Final = 2
 
 
+def _problem(error: Lift3dError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    status = http_status(error)
+    body = json.dumps(problem_body(status, error.code, error.message)).encode()
+    headers = [
+        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    retry_after = getattr(error, "retry_after_seconds", None)
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    return status, headers, body
+
+
 def header_timeout_protocol(header_timeout_s: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a deadline on each request's headers."""
+    """uvicorn's h11 protocol with a deadline on each request's headers, and problem+json below the app."""
 
     class HeaderTimeoutH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # uvicorn's own cap answers text/plain; the same count is checked here instead.
+            cap, self.limit_concurrency = self.limit_concurrency, None
+            if cap is not None:
+                self.app = self._capped(self.app, cap)
+
+        def _capped(self, app: Any, cap: int) -> Any:
+            async def capped(scope: Any, receive: Any, send: Any) -> None:
+                # uvicorn's test, taken inside the request's task (already in self.tasks, hence ">").
+                if len(self.connections) >= cap or len(self.tasks) > cap:
+                    status, headers, body = _problem(
+                        TooManyConnections(f"the server holds its limit of {cap} connections; retry shortly")
+                    )
+                    await send({"type": "http.response.start", "status": status, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+                await app(scope, receive, send)
+
+            return capped
+
+        def send_400_response(self, msg: str) -> None:
+            status, headers, body = _problem(BadRequest(f"the request cannot be parsed as HTTP/1.1 ({msg.rstrip('.')})"))
+            for event in (h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)

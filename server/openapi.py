@@ -119,7 +119,7 @@ def _problem_schema() -> dict[str, Any]:
 
 
 _PROBLEM_DESCRIPTIONS = {
-    400: "Malformed request (multipart framing, Content-Length)",
+    400: "Malformed request (HTTP framing, Content-Length, multipart)",
     401: "No or unknown API key",
     403: "A signed link that is wrong, expired, tampered with or made for another job or file",
     404: "Unknown, erased or expired job (or file), or an owner path that names no owner",
@@ -130,7 +130,7 @@ _PROBLEM_DESCRIPTIONS = {
     422: "An image or option the server refuses (see `code`)",
     429: "The queue is full; retry after Retry-After seconds",
     500: "A bug, or a stored result that fails authentication",
-    503: "Draining, the models could not load, or the job or result store is unavailable",
+    503: "Draining, the models could not load, the job or result store is unavailable, or the connection cap is reached",
     507: "The result store is full",
 }
 
@@ -221,7 +221,8 @@ def finish_document(document: dict[str, Any], settings: Settings) -> dict[str, A
             statuses = ROUTE_PROBLEMS.get((method, path), ())
             responses = {code: body for code, body in op.get("responses", {}).items() if not code.startswith(("4", "5"))}
             public = path in PUBLIC_ROUTES
-            problem_statuses = set(statuses) | {500} | (set() if public else {401})
+            # 400 (framing h11 cannot parse) and 503 (the connection cap) come from below the app, on any route.
+            problem_statuses = set(statuses) | {400, 500, 503} | (set() if public else {401})
             for status in sorted(problem_statuses):
                 responses[str(status)] = _problem_response(status)
             op["responses"] = responses
@@ -245,8 +246,12 @@ def finish_document(document: dict[str, Any], settings: Settings) -> dict[str, A
     metrics["content"] = {"text/plain": {"schema": {"type": "string"}}}
     readyz = jobs["/readyz"]["get"]["responses"]
     readyz["503"] = {
-        "description": "Not ready: `detail` says why (warming_up, draining, or an engine error code)",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+        "description": "Not ready: `detail` says why (warming_up, draining, or an engine error code); "
+        "problem+json `too_many_connections` at the connection cap",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Health"}},
+            **readyz["503"]["content"],
+        },
     }
     if "/demo" in jobs:
         jobs["/demo"]["get"]["responses"]["200"]["content"] = {"text/html": {"schema": {"type": "string"}}}

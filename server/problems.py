@@ -88,14 +88,8 @@ def http_status(error: Lift3dError) -> int:
     return 500
 
 
-def problem_response(
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> Response[dict[str, Any]]:
+def problem_body(status: int, code: str, detail: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The RFC 9457 members every lift3d problem has (also written below the app, in server/limits.py)."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": _TITLES.get(status, "Error"),
@@ -104,6 +98,18 @@ def problem_response(
         "detail": detail,
     }
     body.update(extra or {})
+    return body
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Response[dict[str, Any]]:
+    body = problem_body(status, code, detail, extra)
     return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=dict(headers or {}))
 
 

@@ -6,6 +6,7 @@ total 3 s, 12 connections, an upload budget of 150 kB, a queue of one job.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from typing import Iterator
@@ -151,11 +152,33 @@ def test_a_trickling_body_ends_at_the_total_timeout(server: tuple[str, int]) -> 
 def test_connections_over_the_cap_get_503_then_come_back(server: tuple[str, int]) -> None:
     idle = [connect(server) for _ in range(MAX_CONNECTIONS)]
     time.sleep(0.2)
-    assert httpx.get(f"http://{server[0]}:{server[1]}/healthz", timeout=5).status_code == 503
+    refused = httpx.get(f"http://{server[0]}:{server[1]}/healthz", timeout=5)
+    assert refused.status_code == 503 and refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == "too_many_connections" and refused.headers["retry-after"] == "1"
     # The silent ones are closed at the header timeout, and the server answers again.
     wait_until(lambda: httpx.get(f"http://{server[0]}:{server[1]}/healthz", timeout=5).status_code == 200, 10)
     for sock in idle:
         sock.close()
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: -1\r\n",
+        b"Content-Length: +5\r\n",
+        b"Content-Length: 5\r\nContent-Length: 6\r\n",
+        b"Content-Length: 99999999999999999999999999999\r\n",
+    ],
+)
+def test_framing_h11_cannot_parse_is_a_problem_json_400(server: tuple[str, int], framing: bytes) -> None:
+    sock = connect(server)
+    sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n" + framing + b"\r\nhello")
+    status, data, _ = response_of(sock, 5)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert status == 400 and b"content-type: application/problem+json" in head.lower(), data
+    problem = json.loads(body)
+    assert problem["code"] == "bad_request" and problem["status"] == 400 and problem["type"].endswith("bad_request")
+    sock.close()
 
 
 def test_the_upload_budget_refuses_from_the_headers(server: tuple[str, int]) -> None:
