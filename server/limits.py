@@ -10,8 +10,8 @@
 - Connections: past ``max_connections`` (uvicorn's ``limit_concurrency`` count) a request
   gets 503 ``too_many_connections``, and the header timeout bounds how long an idle one
   counts.
-- Framing: a request h11 cannot parse (a negative or doubled Content-Length, both
-  Content-Length and Transfer-Encoding, ...) gets 400 ``bad_request``. Both answers are
+- Framing: a request h11 cannot parse (a negative, signed, huge or doubled
+  Content-Length, a bad request line, ...) gets 400 ``bad_request``. Both answers are
   problem+json like every other, though they are written below the app.
 - Upload bytes: every upload reserves its declared length (or the cap) from one
   budget before its body is read; with the budget spent the answer is 429 from the
