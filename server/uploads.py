@@ -148,7 +148,8 @@ class _FormCollector:
         self._is_file = b"filename" in params
         if not self._name:
             # RFC 7578 requires a plain name (no name*=): a part without one would be silently lost.
-            raise BadRequest("a form part has no name; send Content-Disposition: form-data; name=\"...\"")
+            # 422 like any field the server cannot use (the form's schema allows any field name).
+            raise InvalidOption("a form part has no name; send Content-Disposition: form-data; name=\"...\"")
         if self._name == IMAGE_FIELD:
             if self.image is not None:
                 raise InputError("the form carries more than one image field")
