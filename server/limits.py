@@ -31,23 +31,22 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from lift3d.errors import BadRequest, Lift3dError, RequestTimeout, TooManyConnections, UploadsBusy
 from lift3d.settings import Settings
-from server.problems import PROBLEM_MEDIA_TYPE, http_status, problem_body
+from server.problems import PROBLEM_MEDIA_TYPE, error_problem
 
 UPLOADS_BUSY_RETRY_SECONDS: Final = 2
 
 
 def _problem(error: Lift3dError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    status = http_status(error)
-    body = json.dumps(problem_body(status, error.code, error.message)).encode()
+    """The app's problem+json answer for ``error`` as raw HTTP parts, closing the connection."""
+    status, body, extra_headers = error_problem(error)
+    data = json.dumps(body).encode()
     headers = [
         (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-        (b"content-length", str(len(body)).encode()),
+        (b"content-length", str(len(data)).encode()),
         (b"connection", b"close"),
+        *((name.lower().encode(), value.encode()) for name, value in extra_headers.items()),
     ]
-    retry_after = getattr(error, "retry_after_seconds", None)
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    return status, headers, body
+    return status, headers, data
 
 
 def header_timeout_protocol(header_timeout_s: float) -> type[H11Protocol]:

@@ -89,7 +89,7 @@ def http_status(error: Lift3dError) -> int:
 
 
 def problem_body(status: int, code: str, detail: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The RFC 9457 members every lift3d problem has (also written below the app, in server/limits.py)."""
+    """The RFC 9457 members every lift3d problem has."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": _TITLES.get(status, "Error"),
@@ -113,7 +113,8 @@ def problem_response(
     return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=dict(headers or {}))
 
 
-def error_response(error: Lift3dError) -> Response[dict[str, Any]]:
+def error_problem(error: Lift3dError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) of a domain error, for the app's handler and for server/limits.py below it."""
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
     retry_after = getattr(error, "retry_after_seconds", None)
@@ -122,7 +123,13 @@ def error_response(error: Lift3dError) -> Response[dict[str, Any]]:
         extra["retry_after"] = retry_after
     # An error may carry machine-readable members of its own (e.g. the loaded pipelines).
     extra.update(getattr(error, "problem_fields", None) or {})
-    return problem_response(http_status(error), error.code, error.message, headers=headers, extra=extra)
+    status = http_status(error)
+    return status, problem_body(status, error.code, error.message, extra), headers
+
+
+def error_response(error: Lift3dError) -> Response[dict[str, Any]]:
+    status, body, headers = error_problem(error)
+    return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def _lift3d_error_handler(_: Request, exc: Lift3dError) -> Response[dict[str, Any]]:

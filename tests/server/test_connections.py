@@ -155,6 +155,7 @@ def test_connections_over_the_cap_get_503_then_come_back(server: tuple[str, int]
     refused = httpx.get(f"http://{server[0]}:{server[1]}/healthz", timeout=5)
     assert refused.status_code == 503 and refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["code"] == "too_many_connections" and refused.headers["retry-after"] == "1"
+    assert refused.json()["retry_after"] == 1  # the same members as every problem the app writes
     # The silent ones are closed at the header timeout, and the server answers again.
     wait_until(lambda: httpx.get(f"http://{server[0]}:{server[1]}/healthz", timeout=5).status_code == 200, 10)
     for sock in idle:
